@@ -37,7 +37,6 @@ pub use model::{
 };
 pub use parse::{ParseOptions, ParsedFile, parse_file};
 pub use snapshot::{
-    Diagnostics, IpFamily, PortEndpoint, PortView, Service, ServicePortKey, Snapshot,
-    TrafficScope,
+    Diagnostics, IpFamily, PortEndpoint, PortView, Service, ServicePortKey, Snapshot, TrafficScope,
 };
 pub use watch::{ManifestWatcher, WatchStats};

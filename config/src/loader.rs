@@ -5,15 +5,21 @@
 //! and the `..data` symlink swap of Kubernetes ConfigMap volumes are just changed stamps.
 //! Names starting with `.` are skipped (that is where ConfigMap volumes keep their data
 //! directories, reached through the top-level symlinks).
+//!
+//! A file whose stamp changed is read again, but parsed only if its bytes changed (a hash
+//! is kept per file), and the snapshot is rebuilt only if what it parses to changed: a
+//! `touch` or a comment edit costs a read, not a rebuild. A stamp taken within
+//! [`RACY_WINDOW`] of the file's mtime is not trusted (a same-size rewrite in the same
+//! timestamp tick would leave it unchanged): such files are re-read on the next reload.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
+use std::hash::{DefaultHasher, Hasher as _};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::diff::diff;
 use crate::error::{ConfigError, LoadError};
 use crate::parse::{Object, ParseOptions, ParsedFile, parse_file};
 use crate::snapshot::{Diagnostics, Snapshot, build};
@@ -38,30 +44,67 @@ impl Stamp {
     }
 }
 
+/// How recent a file's mtime may be, relative to the start of the reload that stat'ed it,
+/// for its stamp to be re-checked on the next reload. Filesystem timestamps come from a
+/// coarse clock (a jiffy on Linux without multigrain timestamps, 1 s or 2 s on some
+/// filesystems): a same-size in-place write in the same tick as our read keeps the stamp.
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 struct Cached {
-    stamp: Stamp,
+    /// `None` when the file could not be stat'ed (a dangling symlink): always re-read.
+    stamp: Option<Stamp>,
+    /// Hash of the bytes `parsed` came from; `None` when the file could not be read.
+    content: Option<u64>,
+    /// The stamp was taken within [`RACY_WINDOW`] of the file's mtime: re-read next time.
+    racy: bool,
     parsed: Arc<ParsedFile>,
 }
 
 /// Figures about one reload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReloadStats {
+    /// Manifest files listed.
     pub files: usize,
+    /// Files read and parsed (new, or whose bytes changed).
     pub parsed: usize,
+    /// Files read again (new stamp, or a racy one) whose bytes had not changed: not parsed.
+    pub rechecked: usize,
+    /// Files gone since the previous reload.
     pub removed: usize,
     /// Errors found in the files parsed by this reload.
     pub new_errors: usize,
+    /// Listing, reading and parsing.
     pub parse_time: Duration,
+    /// Building the snapshot (zero when no parsed object changed).
     pub build_time: Duration,
     /// A new snapshot was produced (something changed).
     pub changed: bool,
 }
 
+/// A listed file that has to be read.
+#[derive(Debug)]
+struct Todo {
+    path: PathBuf,
+    stamp: Option<Stamp>,
+    /// Hash of the cached content: when the bytes still hash to it, nothing is parsed.
+    known: Option<u64>,
+}
+
+/// What reading one file found.
+#[derive(Debug)]
+enum Read {
+    /// The bytes hash to the cached content.
+    Unchanged,
+    /// Parsed afresh, with the hash of the bytes (`None`: unreadable).
+    Parsed(ParsedFile, Option<u64>),
+}
+
 /// Keeps the parsed state of a manifest tree and produces snapshots from it.
 #[derive(Debug)]
 pub struct Loader {
-    root: PathBuf,
+    /// Files or directories, loaded together (as `kubectl apply -f A -f B` would).
+    roots: Vec<PathBuf>,
     opts: ParseOptions,
     files: BTreeMap<PathBuf, Cached>,
     current: Arc<Snapshot>,
@@ -76,16 +119,27 @@ pub fn is_manifest(path: &Path) -> bool {
 
 impl Loader {
     pub fn new(root: impl Into<PathBuf>, opts: ParseOptions) -> Self {
+        Self::with_roots(vec![root.into()], opts)
+    }
+
+    /// A loader over several files or directories whose objects form one snapshot.
+    pub fn with_roots(roots: Vec<PathBuf>, opts: ParseOptions) -> Self {
         Self {
-            root: root.into(),
+            roots,
             opts,
             files: BTreeMap::new(),
             current: Arc::new(Snapshot::default()),
         }
     }
 
+    /// The first root.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.roots.first().map_or(Path::new("."), PathBuf::as_path)
+    }
+
+    /// Every root (a watcher watches them all).
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
     }
 
     /// The latest snapshot (version 0 and empty before the first successful reload).
@@ -97,7 +151,15 @@ impl Loader {
     /// Blocking: call it off the async reactor.
     pub fn reload(&mut self) -> Result<(Option<Arc<Snapshot>>, ReloadStats), LoadError> {
         let started = Instant::now();
-        let listing = list_manifests(&self.root)?;
+        // Taken before any stat: a file modified after this instant may be modified again
+        // within the same timestamp tick.
+        let racy_after = unix_nanos(SystemTime::now()) - RACY_WINDOW.as_nanos() as i128;
+        let mut listing = Vec::new();
+        for root in &self.roots {
+            listing.extend(list_manifests(root)?);
+        }
+        listing.sort_by(|a, b| a.0.cmp(&b.0));
+        listing.dedup_by(|a, b| a.0 == b.0);
         let mut stats = ReloadStats {
             files: listing.len(),
             ..ReloadStats::default()
@@ -106,40 +168,67 @@ impl Loader {
         let before = self.files.len();
         self.files.retain(|p, _| present.contains(p));
         stats.removed = before - self.files.len();
-        let todo: Vec<(PathBuf, Option<Stamp>)> = listing
+        let todo: Vec<Todo> = listing
             .into_iter()
-            .filter(|(p, stamp)| self.files.get(p).map(|c| Some(c.stamp)) != Some(*stamp))
+            .filter_map(|(path, stamp)| {
+                let known = match self.files.get(&path) {
+                    Some(c) if stamp.is_some() && c.stamp == stamp && !c.racy => return None,
+                    Some(c) => c.content,
+                    None => None,
+                };
+                Some(Todo { path, stamp, known })
+            })
             .collect();
-        stats.parsed = todo.len();
-        let results = parse_parallel(&todo, &self.opts);
-        for ((path, stamp), parsed) in todo.into_iter().zip(results) {
-            stats.new_errors += parsed.errors.len();
-            let prev = self.files.remove(&path);
-            let merged = keep_last_good(parsed, prev.as_ref().map(|c| &*c.parsed));
-            // An unreadable file keeps no stamp, so it is retried on the next reload.
-            let stamp = stamp.unwrap_or(Stamp {
-                len: u64::MAX,
-                mtime_ns: 0,
-                ino: 0,
-                dev: 0,
-            });
-            self.files.insert(
-                path,
-                Cached {
-                    stamp,
-                    parsed: Arc::new(merged),
-                },
-            );
+        let results = read_parallel(&todo, &self.opts);
+        let mut objects_changed = stats.removed > 0;
+        for (todo, read) in todo.into_iter().zip(results) {
+            let racy = todo.stamp.is_some_and(|s| s.mtime_ns >= racy_after);
+            let prev = self.files.remove(&todo.path);
+            let cached = match (read, prev) {
+                (Read::Unchanged, Some(prev)) => {
+                    stats.rechecked += 1;
+                    Cached {
+                        stamp: todo.stamp,
+                        racy,
+                        ..prev
+                    }
+                }
+                // `Unchanged` needs a cached hash; left uncached, the file is parsed next time.
+                (Read::Unchanged, None) => continue,
+                (Read::Parsed(parsed, content), prev) => {
+                    stats.parsed += 1;
+                    stats.new_errors += parsed.errors.len();
+                    let merged = keep_last_good(parsed, prev.as_ref().map(|c| &*c.parsed));
+                    let parsed = match prev {
+                        // Same objects and diagnostics: keep the old ones (and their Arcs).
+                        Some(prev) if *prev.parsed == merged => prev.parsed,
+                        _ => {
+                            objects_changed = true;
+                            Arc::new(merged)
+                        }
+                    };
+                    Cached {
+                        stamp: todo.stamp,
+                        content,
+                        racy,
+                        parsed,
+                    }
+                }
+            };
+            self.files.insert(todo.path, cached);
         }
         stats.parse_time = started.elapsed();
-        if stats.parsed == 0 && stats.removed == 0 && self.current.version > 0 {
+        if !objects_changed && self.current.version > 0 {
             return Ok((None, stats));
         }
         let build_started = Instant::now();
         let next = self.build_snapshot();
         stats.build_time = build_started.elapsed();
+        // Ports and frontend indexes derive from the services alone, so comparing services
+        // (stopping at the first difference; unchanged ones are often the same Arc) says
+        // whether a consumer would see anything new. Cheaper than a full `diff`.
         let changed = self.current.version == 0
-            || !diff(&self.current, &next).is_empty()
+            || next.services() != self.current.services()
             || next.diagnostics != self.current.diagnostics;
         stats.changed = changed;
         if !changed {
@@ -158,7 +247,9 @@ impl Loader {
         for c in self.files.values() {
             objects.extend(c.parsed.objects.iter());
             diagnostics.errors.extend(c.parsed.errors.iter().cloned());
-            diagnostics.warnings.extend(c.parsed.warnings.iter().cloned());
+            diagnostics
+                .warnings
+                .extend(c.parsed.warnings.iter().cloned());
         }
         build(
             self.current.version + 1,
@@ -176,7 +267,8 @@ fn keep_last_good(mut parsed: ParsedFile, prev: Option<&ParsedFile>) -> ParsedFi
     if !parsed.syntax_ok {
         parsed.objects = prev.objects.clone();
         for e in &mut parsed.errors {
-            e.reason.push_str("; keeping the objects last loaded from this file");
+            e.reason
+                .push_str("; keeping the objects last loaded from this file");
         }
         return parsed;
     }
@@ -188,7 +280,9 @@ fn keep_last_good(mut parsed: ParsedFile, prev: Option<&ParsedFile>) -> ParsedFi
         if let Some(old) = old {
             parsed.objects.push(old.clone());
             for e in &mut parsed.errors {
-                if e.kind.as_deref() == Some(*kind) && e.object.as_deref() == Some(&format!("{ns}/{name}")) {
+                if e.kind.as_deref() == Some(*kind)
+                    && e.object.as_deref() == Some(&format!("{ns}/{name}"))
+                {
                     e.reason.push_str("; keeping its last good version");
                 }
             }
@@ -247,15 +341,40 @@ fn walk(
     Ok(())
 }
 
-fn read_and_parse(path: &Path, opts: &ParseOptions) -> ParsedFile {
+fn unix_nanos(t: SystemTime) -> i128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+fn content_hash(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
+}
+
+/// Reads a file and parses it, unless its bytes hash to `known`.
+fn read_and_parse(path: &Path, known: Option<u64>, opts: &ParseOptions) -> Read {
     let label: Arc<Path> = Arc::from(path);
-    match fs::read(path) {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => parse_file(&label, &text, opts),
-            Err(e) => unreadable(&label, format!("not UTF-8 text: {e}")),
-        },
-        Err(e) => unreadable(&label, format!("cannot read file: {e}")),
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return Read::Parsed(unreadable(&label, format!("cannot read file: {e}")), None);
+        }
+    };
+    let content = content_hash(&bytes);
+    if known == Some(content) {
+        return Read::Unchanged;
     }
+    let parsed = match String::from_utf8(bytes) {
+        // A parser panic is a bug; it costs this file (whose last good objects are kept),
+        // not the reload, nor the watcher.
+        Ok(text) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            parse_file(&label, &text, opts)
+        }))
+        .unwrap_or_else(|_| unreadable(&label, "internal parser error".into())),
+        Err(e) => unreadable(&label, format!("not UTF-8 text: {e}")),
+    };
+    Read::Parsed(parsed, Some(content))
 }
 
 fn unreadable(label: &Arc<Path>, reason: String) -> ParsedFile {
@@ -266,22 +385,20 @@ fn unreadable(label: &Arc<Path>, reason: String) -> ParsedFile {
     }
 }
 
-/// Parses files on every core when there are enough of them to be worth a thread.
-fn parse_parallel(todo: &[(PathBuf, Option<Stamp>)], opts: &ParseOptions) -> Vec<ParsedFile> {
+/// Reads (and parses) files on every core when there are enough of them to be worth a
+/// thread.
+fn read_parallel(todo: &[Todo], opts: &ParseOptions) -> Vec<Read> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let read = |t: &Todo| read_and_parse(&t.path, t.known, opts);
     if todo.len() < 8 || threads == 1 {
-        return todo.iter().map(|(p, _)| read_and_parse(p, opts)).collect();
+        return todo.iter().map(read).collect();
     }
     let chunk = todo.len().div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = todo
             .chunks(chunk)
             .map(|part| {
-                let handle = s.spawn(move || {
-                    part.iter()
-                        .map(|(p, _)| read_and_parse(p, opts))
-                        .collect::<Vec<_>>()
-                });
+                let handle = s.spawn(move || part.iter().map(read).collect::<Vec<_>>());
                 (part, handle)
             })
             .collect();
@@ -293,7 +410,10 @@ fn parse_parallel(todo: &[(PathBuf, Option<Stamp>)], opts: &ParseOptions) -> Vec
                 // daemon down.
                 Err(_) => part
                     .iter()
-                    .map(|(p, _)| unreadable(&Arc::from(p.as_path()), "internal parser error".into()))
+                    .map(|t| {
+                        let label = Arc::from(t.path.as_path());
+                        Read::Parsed(unreadable(&label, "internal parser error".into()), None)
+                    })
                     .collect(),
             })
             .collect()

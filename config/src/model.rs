@@ -184,7 +184,9 @@ pub enum TrafficPolicy {
 pub enum SessionAffinity {
     #[default]
     None,
-    ClientIP { timeout_seconds: u32 },
+    ClientIP {
+        timeout_seconds: u32,
+    },
 }
 
 impl SessionAffinity {

@@ -14,7 +14,8 @@ pub fn dns1123_label(s: &str) -> Result<(), String> {
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let bytes = s.as_bytes();
-    let ok_ends = bytes[0].is_ascii_alphanumeric() && bytes[bytes.len() - 1].is_ascii_alphanumeric();
+    let ok_ends =
+        bytes[0].is_ascii_alphanumeric() && bytes[bytes.len() - 1].is_ascii_alphanumeric();
     if ok_chars && ok_ends {
         Ok(())
     } else {
@@ -93,7 +94,11 @@ mod tests {
         assert!(dns1123_label("-web").is_err());
         assert!(dns1123_label("web_1").is_err());
         assert!(dns1123_label(&"a".repeat(64)).is_err());
-        assert!(dns1035_label("1web").unwrap_err().contains("start with a lower-case letter"));
+        assert!(
+            dns1035_label("1web")
+                .unwrap_err()
+                .contains("start with a lower-case letter")
+        );
         assert!(dns1035_label("web").is_ok());
     }
 

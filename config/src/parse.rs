@@ -76,7 +76,9 @@ pub struct PodDef {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
     pub labels: BTreeMap<String, String>,
-    /// `status.podIPs` (or `status.podIP`); empty until the Pod has an address.
+    /// `status.podIPs` (or `status.podIP`); empty until the Pod has an address, and again
+    /// once it has finished (phase Succeeded or Failed: its address may belong to another
+    /// Pod by now).
     pub ips: Vec<IpAddr>,
     pub conditions: Conditions,
     pub node_name: Option<Arc<str>>,
@@ -126,6 +128,8 @@ pub fn parse_file(file: &Arc<Path>, text: &str, opts: &ParseOptions) -> ParsedFi
         syntax_ok: true,
         ..ParsedFile::default()
     };
+    // Editors on Windows save UTF-8 with a byte order mark; JSON parsers reject it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let is_json = file
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
@@ -221,7 +225,13 @@ fn str_field<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
     v.get(key).and_then(Value::as_str)
 }
 
-fn parse_value(origin: &Origin, prefix: &str, value: Value, opts: &ParseOptions, out: &mut ParsedFile) {
+fn parse_value(
+    origin: &Origin,
+    prefix: &str,
+    value: Value,
+    opts: &ParseOptions,
+    out: &mut ParsedFile,
+) {
     let name = value
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -236,7 +246,10 @@ fn parse_value(origin: &Origin, prefix: &str, value: Value, opts: &ParseOptions,
     let Some(map) = value.as_object() else {
         out.errors.push(ConfigError {
             field: (!prefix.is_empty()).then(|| prefix.trim_end_matches('.').to_owned()),
-            ..Ctx::bare(origin, "document is not a mapping (expected a Kubernetes object)")
+            ..Ctx::bare(
+                origin,
+                "document is not a mapping (expected a Kubernetes object)",
+            )
         });
         return;
     };
@@ -250,7 +263,11 @@ fn parse_value(origin: &Origin, prefix: &str, value: Value, opts: &ParseOptions,
         errors: Vec::new(),
     };
     let (Some(kind), Some(api_version)) = (kind, api_version) else {
-        let missing = if ctx.kind.is_empty() { "kind" } else { "apiVersion" };
+        let missing = if ctx.kind.is_empty() {
+            "kind"
+        } else {
+            "apiVersion"
+        };
         ctx.err(missing, "required field is missing");
         out.errors.append(&mut ctx.errors);
         return;
@@ -271,11 +288,24 @@ fn parse_value(origin: &Origin, prefix: &str, value: Value, opts: &ParseOptions,
             pod_def(c, p).map(|d| Object::Pod(Arc::new(d)))
         }),
         ("v1", "Namespace") => return,
-        ("v1", k) if k == "List" || k.ends_with("List") => {
-            let Value::Object(mut map) = value else { return };
+        (api, k) if (api == "v1" && k == "List") || (k.len() > 4 && k.ends_with("List")) => {
+            let Value::Object(mut map) = value else {
+                return;
+            };
+            // Items of a typed list (`ServiceList`, as the API server returns it) carry no
+            // kind or apiVersion of their own: they have the list's.
+            let item_kind = k.strip_suffix("List").filter(|s| !s.is_empty());
             match map.remove("items") {
                 Some(Value::Array(items)) => {
-                    for (i, item) in items.into_iter().enumerate() {
+                    for (i, mut item) in items.into_iter().enumerate() {
+                        if let (Some(item_kind), Value::Object(fields)) = (item_kind, &mut item) {
+                            fields
+                                .entry("kind")
+                                .or_insert_with(|| Value::from(item_kind));
+                            fields
+                                .entry("apiVersion")
+                                .or_insert_with(|| Value::from(api));
+                        }
                         let prefix = format!("{prefix}items[{i}].");
                         parse_value(origin, &prefix, item, opts, out);
                     }
@@ -301,6 +331,9 @@ fn parse_value(origin: &Origin, prefix: &str, value: Value, opts: &ParseOptions,
     };
     match accepted {
         Some(obj) if ctx.errors.is_empty() => out.objects.push(obj),
+        // Skipped on purpose with a warning (an FQDN EndpointSlice): not a rejection, so no
+        // earlier version of it is kept.
+        None if ctx.errors.is_empty() => {}
         _ => {
             if let (Some(name), k) = (name, kind.as_str()) {
                 let ns = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
@@ -407,7 +440,7 @@ impl Ctx<'_> {
     }
 
     fn protocol(&mut self, field: impl fmt::Display, p: Option<&str>) -> Option<Protocol> {
-        match p.unwrap_or("TCP").parse::<Protocol>() {
+        match or_default(p, "TCP").parse::<Protocol>() {
             Ok(p) => Some(p),
             Err(why) => {
                 self.err(field, why);
@@ -437,6 +470,12 @@ fn opt_arc(s: Option<String>) -> Option<Arc<str>> {
     s.filter(|s| !s.is_empty()).map(Arc::from)
 }
 
+/// The value of an enum-like string field, where absent and `""` both mean the API
+/// server's default (Go's zero value is the empty string).
+fn or_default<'s>(v: Option<&'s str>, default: &'s str) -> &'s str {
+    v.filter(|s| !s.is_empty()).unwrap_or(default)
+}
+
 // === Service ===
 
 fn service_def(ctx: &mut Ctx<'_>, svc: core::Service, opts: &ParseOptions) -> Option<ServiceDef> {
@@ -445,7 +484,7 @@ fn service_def(ctx: &mut Ctx<'_>, svc: core::Service, opts: &ParseOptions) -> Op
         ctx.err("spec", "required field is missing");
         return None;
     };
-    let type_ = match spec.type_.as_deref().unwrap_or("ClusterIP") {
+    let type_ = match or_default(spec.type_.as_deref(), "ClusterIP") {
         "ClusterIP" => ServiceType::ClusterIP,
         "NodePort" => ServiceType::NodePort,
         "LoadBalancer" => ServiceType::LoadBalancer,
@@ -530,19 +569,16 @@ fn service_def(ctx: &mut Ctx<'_>, svc: core::Service, opts: &ParseOptions) -> Op
 }
 
 /// `spec.clusterIP` + `spec.clusterIPs` -> (addresses, headless).
-fn cluster_ips(ctx: &mut Ctx<'_>, spec: &core::ServiceSpec, type_: ServiceType) -> (Vec<IpAddr>, bool) {
+fn cluster_ips(
+    ctx: &mut Ctx<'_>,
+    spec: &core::ServiceSpec,
+    type_: ServiceType,
+) -> (Vec<IpAddr>, bool) {
     if type_ == ServiceType::ExternalName {
         return (Vec::new(), false);
     }
     let primary = spec.cluster_ip.as_deref().filter(|s| !s.is_empty());
     let list = spec.cluster_ips.as_deref().unwrap_or_default();
-    let headless = primary == Some("None") || list.first().map(String::as_str) == Some("None");
-    if headless {
-        if type_ != ServiceType::ClusterIP {
-            ctx.err("spec.clusterIP", format!("may not be None for type {type_:?}"));
-        }
-        return (Vec::new(), true);
-    }
     if let (Some(p), Some(first)) = (primary, list.first())
         && p != first
     {
@@ -550,6 +586,16 @@ fn cluster_ips(ctx: &mut Ctx<'_>, spec: &core::ServiceSpec, type_: ServiceType) 
             "spec.clusterIPs[0]",
             format!("{first:?} must equal spec.clusterIP {p:?}"),
         );
+    }
+    let headless = primary == Some("None") || list.first().map(String::as_str) == Some("None");
+    if headless {
+        if type_ != ServiceType::ClusterIP {
+            ctx.err(
+                "spec.clusterIP",
+                format!("may not be None for type {type_:?}"),
+            );
+        }
+        return (Vec::new(), true);
     }
     let mut ips: Vec<IpAddr> = Vec::new();
     if list.is_empty() {
@@ -583,6 +629,7 @@ fn service_ports(
     let many = ports.len() > 1;
     let mut names: HashSet<String> = HashSet::new();
     let mut seen: HashSet<(u16, Protocol)> = HashSet::new();
+    let mut node_ports: HashSet<(u16, Protocol)> = HashSet::new();
     let mut out = Vec::with_capacity(ports.len());
     for (i, p) in ports.into_iter().enumerate() {
         let f = |field: &str| format!("spec.ports[{i}].{field}");
@@ -594,13 +641,18 @@ fn service_ports(
                     ctx.err(f("name"), format!("duplicate port name {n:?}"));
                 }
             }
-            None if many => ctx.err(f("name"), "required when the Service has more than one port"),
+            None if many => ctx.err(
+                f("name"),
+                "required when the Service has more than one port",
+            ),
             None => {}
         }
         let port = ctx.port(f("port"), p.port);
         let protocol = ctx.protocol(f("protocol"), p.protocol.as_deref());
         let target_port = match p.target_port {
-            None => port.map(TargetPort::Number),
+            // Absent, 0 and "" all default to the port, as the API server does.
+            None | Some(IntOrString::Int(0)) => port.map(TargetPort::Number),
+            Some(IntOrString::String(s)) if s.is_empty() => port.map(TargetPort::Number),
             Some(IntOrString::Int(n)) => ctx.port(f("targetPort"), n).map(TargetPort::Number),
             Some(IntOrString::String(s)) => match s.parse::<i32>() {
                 Ok(n) => ctx.port(f("targetPort"), n).map(TargetPort::Number),
@@ -639,6 +691,11 @@ fn service_ports(
         if !seen.insert((port, protocol)) {
             ctx.err(f("port"), format!("duplicate port {port}/{protocol}"));
         }
+        if let Some(np) = node_port
+            && !node_ports.insert((np, protocol))
+        {
+            ctx.err(f("nodePort"), format!("duplicate nodePort {np}/{protocol}"));
+        }
         out.push(ServicePort {
             name: name.map(Arc::from),
             protocol,
@@ -656,7 +713,7 @@ fn session_affinity(
     kind: Option<&str>,
     config: Option<&core::SessionAffinityConfig>,
 ) -> SessionAffinity {
-    match kind.unwrap_or("None") {
+    match or_default(kind, "None") {
         "None" => SessionAffinity::None,
         "ClientIP" => {
             let timeout = config
@@ -689,7 +746,7 @@ fn session_affinity(
 }
 
 fn traffic_policy(ctx: &mut Ctx<'_>, field: &str, v: Option<&str>) -> TrafficPolicy {
-    match v.unwrap_or("Cluster") {
+    match or_default(v, "Cluster") {
         "Cluster" => TrafficPolicy::Cluster,
         "Local" => TrafficPolicy::Local,
         other => {
@@ -843,7 +900,11 @@ fn endpoints_def(ctx: &mut Ctx<'_>, eps: core::Endpoints) -> Option<EndpointsDef
         let ports: Arc<[EndpointPort]> = ports.into();
         let groups = [
             ("addresses", subset.addresses, Conditions::READY),
-            ("notReadyAddresses", subset.not_ready_addresses, Conditions::NOT_READY),
+            (
+                "notReadyAddresses",
+                subset.not_ready_addresses,
+                Conditions::NOT_READY,
+            ),
         ];
         for (field, addrs, conditions) in groups {
             for (j, a) in addrs.unwrap_or_default().into_iter().enumerate() {
@@ -885,7 +946,9 @@ fn pod_def(ctx: &mut Ctx<'_>, pod: core::Pod) -> Option<PodDef> {
     let spec = pod.spec.unwrap_or_default();
     let status = pod.status.unwrap_or_default();
     let mut ips: Vec<IpAddr> = Vec::new();
+    let terminal = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
     match status.pod_ips.as_deref() {
+        _ if terminal => {}
         Some(list) if !list.is_empty() => {
             for (i, p) in list.iter().enumerate() {
                 ips.extend(ctx.ip(format_args!("status.podIPs[{i}].ip"), &p.ip));
@@ -900,10 +963,10 @@ fn pod_def(ctx: &mut Ctx<'_>, pod: core::Pod) -> Option<PodDef> {
     // The endpoints controller's rule: serving = the Ready condition; ready = serving and
     // not terminating.
     let serving = status
-            .conditions
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
     let mut ports = Vec::new();
     for (i, c) in spec.containers.iter().enumerate() {
         for (j, p) in c.ports.iter().flatten().enumerate() {

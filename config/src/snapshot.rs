@@ -80,7 +80,11 @@ pub enum IpFamily {
 
 impl IpFamily {
     pub fn of(ip: IpAddr) -> Self {
-        if ip.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
     }
 }
 
@@ -126,12 +130,9 @@ impl PortView {
             .iter()
             .chain(&self.load_balancer_ips)
             .map(|&ip| (ip, TrafficScope::External));
-        internal.chain(external).map(move |(ip, scope)| {
-            (
-                Frontend { ip, port, protocol },
-                scope,
-            )
-        })
+        internal
+            .chain(external)
+            .map(move |(ip, scope)| (Frontend { ip, port, protocol }, scope))
     }
 }
 
@@ -148,6 +149,7 @@ pub struct Diagnostics {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Snapshot {
     pub version: u64,
+    #[serde(serialize_with = "values_in_order")]
     services: BTreeMap<ServiceKey, Arc<Service>>,
     #[serde(skip)]
     ports: BTreeMap<ServicePortKey, Arc<PortView>>,
@@ -156,6 +158,15 @@ pub struct Snapshot {
     #[serde(skip)]
     node_ports: HashMap<(u16, Protocol), ServicePortKey>,
     pub diagnostics: Arc<Diagnostics>,
+}
+
+/// Serializes a map as the list of its values (JSON maps need string keys; every value
+/// carries its own key).
+fn values_in_order<S: serde::Serializer, K, V: Serialize>(
+    map: &BTreeMap<K, V>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    ser.collect_seq(map.values())
 }
 
 impl Snapshot {
@@ -217,13 +228,48 @@ pub(crate) fn build(
             Object::Pod(p) => pods.push(p),
         }
     }
-    let prev_origin = |key: &ServiceKey| prev.and_then(|p| p.services.get(key)).map(|s| &s.def.origin);
-    let services = dedupe(services, "Service", errors, |s| (s.key.clone(), &s.origin), |s| {
-        prev_origin(&s.key).is_some_and(|o| o.file == s.origin.file)
-    });
-    let slices = dedupe(slices, "EndpointSlice", errors, |s| (ServiceKey::new(s.namespace.clone(), s.name.clone()), &s.origin), |_| false);
-    let endpoints = dedupe(endpoints, "Endpoints", errors, |e| (e.key.clone(), &e.origin), |_| false);
-    let pods = dedupe(pods, "Pod", errors, |p| (ServiceKey::new(p.namespace.clone(), p.name.clone()), &p.origin), |_| false);
+    let prev_origin = |key: &ServiceKey| {
+        prev.and_then(|p| p.services.get(key))
+            .map(|s| &s.def.origin)
+    };
+    let services = dedupe(
+        services,
+        "Service",
+        errors,
+        |s| (s.key.clone(), &s.origin),
+        |s| prev_origin(&s.key).is_some_and(|o| o.file == s.origin.file),
+    );
+    let slices = dedupe(
+        slices,
+        "EndpointSlice",
+        errors,
+        |s| {
+            (
+                ServiceKey::new(s.namespace.clone(), s.name.clone()),
+                &s.origin,
+            )
+        },
+        |_| false,
+    );
+    let endpoints = dedupe(
+        endpoints,
+        "Endpoints",
+        errors,
+        |e| (e.key.clone(), &e.origin),
+        |_| false,
+    );
+    let pods = dedupe(
+        pods,
+        "Pod",
+        errors,
+        |p| {
+            (
+                ServiceKey::new(p.namespace.clone(), p.name.clone()),
+                &p.origin,
+            )
+        },
+        |_| false,
+    );
 
     let services = claim_frontends(services, prev, errors);
 
@@ -246,20 +292,28 @@ pub(crate) fn build(
         ..Snapshot::default()
     };
     for (key, def) in services {
-        let (source, eps) = if let Some(list) = slices_by_service.get(&(&*key.namespace, &*key.name)) {
-            let eps = list.iter().flat_map(|s| s.endpoints.iter().cloned()).collect();
-            (EndpointSource::EndpointSlices, eps)
-        } else if let Some(e) = endpoints.get(&key) {
-            (EndpointSource::Endpoints, e.endpoints.clone())
-        } else if let Some(sel) = &def.selector {
-            let matching = pods_by_ns
-                .get(&*key.namespace)
-                .map(|ps| pod_endpoints(&def, sel, ps))
-                .unwrap_or_default();
-            (EndpointSource::Pods, matching)
-        } else {
-            (EndpointSource::None, Vec::new())
-        };
+        let (source, eps) =
+            if let Some(list) = slices_by_service.get(&(&*key.namespace, &*key.name)) {
+                let eps = list
+                    .iter()
+                    .flat_map(|s| s.endpoints.iter().cloned())
+                    .collect();
+                (EndpointSource::EndpointSlices, eps)
+            } else if let Some(e) = endpoints.get(&key) {
+                (EndpointSource::Endpoints, e.endpoints.clone())
+            } else if let Some(sel) = &def.selector {
+                let matching: Vec<Endpoint> = pods_by_ns
+                    .get(&*key.namespace)
+                    .map(|ps| pod_endpoints(&def, sel, ps))
+                    .unwrap_or_default();
+                if matching.is_empty() {
+                    (EndpointSource::None, matching)
+                } else {
+                    (EndpointSource::Pods, matching)
+                }
+            } else {
+                (EndpointSource::None, Vec::new())
+            };
         let svc = Arc::new(Service {
             def,
             endpoint_source: source,
@@ -327,7 +381,10 @@ fn claims(def: &ServiceDef) -> Vec<(Claim, String)> {
                     port: p.port,
                     protocol: p.protocol,
                 };
-                out.push((Claim::Frontend(f), format!("{field}[{j}] + spec.ports[{i}]")));
+                out.push((
+                    Claim::Frontend(f),
+                    format!("{field}[{j}] + spec.ports[{i}]"),
+                ));
             }
         }
         if let Some(np) = p.node_port {
@@ -356,56 +413,80 @@ impl std::fmt::Display for Claim {
 }
 
 /// Rejects Services whose frontends or node ports another Service already holds. Services
-/// that `prev` had are placed first, so a newcomer never displaces a running Service.
+/// that `prev` had are placed first, so a newcomer never displaces a running Service; an
+/// edit that now conflicts keeps the version `prev` ran when that one still fits.
 fn claim_frontends(
     services: BTreeMap<ServiceKey, Arc<ServiceDef>>,
     prev: Option<&Snapshot>,
     errors: &mut Vec<ConfigError>,
 ) -> BTreeMap<ServiceKey, Arc<ServiceDef>> {
+    let prev_def = |key: &ServiceKey| prev.and_then(|p| p.services.get(key)).map(|s| &s.def);
+    // A Service `prev` had unchanged goes first, then one `prev` had in another version,
+    // then newcomers: neither an edit nor an addition displaces a Service that still works.
+    let rank = |key: &ServiceKey, def: &ServiceDef| match prev_def(key) {
+        Some(old) if old.same_spec(def) => 0,
+        Some(_) => 1,
+        None => 2,
+    };
     let mut order: Vec<(&ServiceKey, &Arc<ServiceDef>)> = services.iter().collect();
-    order.sort_by_key(|(k, _)| !prev.is_some_and(|p| p.services.contains_key(*k)));
+    order.sort_by_key(|(k, d)| rank(k, d));
     let mut owner: HashMap<Claim, &Arc<ServiceDef>> = HashMap::new();
-    let mut rejected: HashSet<ServiceKey> = HashSet::new();
+    let mut kept = BTreeMap::new();
     for (key, def) in order {
-        let wanted = claims(def);
-        let mut conflict = false;
-        for (claim, field) in &wanted {
-            if let Some(other) = owner.get(claim) {
-                conflict = true;
-                errors.push(ConfigError {
-                    file: def.origin.file.clone(),
-                    document: Some(def.origin.document),
-                    line: Some(def.origin.line),
-                    kind: Some("Service".into()),
-                    object: Some(key.to_string()),
-                    field: Some(field.clone()),
-                    reason: format!("{claim} is already used by Service {}", other.key),
-                    other: Some(other.origin.clone()),
-                });
-            }
-        }
-        if conflict {
-            rejected.insert(key.clone());
+        let taken = taken_claims(def, &owner);
+        let chosen = if taken.is_empty() {
+            Some(def)
         } else {
-            for (claim, _) in wanted {
-                owner.insert(claim, def);
+            prev_def(key).filter(|old| taken_claims(old, &owner).is_empty())
+        };
+        for (claim, field, other) in taken {
+            let keeping = if chosen.is_some() {
+                "; keeping its last good version"
+            } else {
+                ""
+            };
+            errors.push(ConfigError {
+                file: def.origin.file.clone(),
+                document: Some(def.origin.document),
+                line: Some(def.origin.line),
+                kind: Some("Service".into()),
+                object: Some(key.to_string()),
+                field: Some(field),
+                reason: format!("{claim} is already used by Service {}{keeping}", other.key),
+                other: Some(other.origin.clone()),
+            });
+        }
+        if let Some(chosen) = chosen {
+            for (claim, _) in claims(chosen) {
+                owner.insert(claim, chosen);
             }
+            kept.insert(key.clone(), chosen.clone());
         }
     }
-    services
+    kept
+}
+
+/// The claims of `def` that another Service already holds, with the claiming field.
+fn taken_claims<'o>(
+    def: &ServiceDef,
+    owner: &HashMap<Claim, &'o Arc<ServiceDef>>,
+) -> Vec<(Claim, String, &'o Arc<ServiceDef>)> {
+    claims(def)
         .into_iter()
-        .filter(|(k, _)| !rejected.contains(k))
+        .filter_map(|(claim, field)| owner.get(&claim).map(|other| (claim, field, *other)))
         .collect()
 }
 
 /// The endpoints controller's job: one endpoint per address of each Pod matching the
 /// selector, with named target ports resolved from the Pod's container ports.
-fn pod_endpoints(def: &ServiceDef, selector: &BTreeMap<String, String>, pods: &[&PodDef]) -> Vec<Endpoint> {
+fn pod_endpoints(
+    def: &ServiceDef,
+    selector: &BTreeMap<String, String>,
+    pods: &[&PodDef],
+) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for pod in pods {
-        let matches = selector
-            .iter()
-            .all(|(k, v)| pod.labels.get(k) == Some(v));
+        let matches = selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v));
         if !matches || pod.ips.is_empty() {
             continue;
         }
@@ -415,11 +496,12 @@ fn pod_endpoints(def: &ServiceDef, selector: &BTreeMap<String, String>, pods: &[
             .filter_map(|sp| {
                 let port = match &sp.target_port {
                     TargetPort::Number(n) => *n,
-                    TargetPort::Name(name) => pod
-                        .ports
-                        .iter()
-                        .find(|c| c.protocol == sp.protocol && c.name.as_deref() == Some(name))?
-                        .port,
+                    TargetPort::Name(name) => {
+                        pod.ports
+                            .iter()
+                            .find(|c| c.protocol == sp.protocol && c.name.as_deref() == Some(name))?
+                            .port
+                    }
                 };
                 Some(EndpointPort {
                     name: sp.name.clone(),
@@ -432,13 +514,19 @@ fn pod_endpoints(def: &ServiceDef, selector: &BTreeMap<String, String>, pods: &[
             (Some(h), Some(sub)) if **sub == *def.key.name => Some(h.clone()),
             _ => None,
         };
+        // As the EndpointSlice controller does: publishNotReadyAddresses makes every
+        // endpoint ready, terminating or not.
+        let conditions = Conditions {
+            ready: pod.conditions.ready || def.publish_not_ready_addresses,
+            ..pod.conditions
+        };
         for &ip in &pod.ips {
             out.push(Endpoint {
                 ip,
                 hostname: hostname.clone(),
                 node_name: pod.node_name.clone(),
                 zone: None,
-                conditions: pod.conditions,
+                conditions,
                 target_ref: Some(crate::model::TargetRef {
                     kind: Some(Arc::from("Pod")),
                     namespace: Some(pod.namespace.clone()),

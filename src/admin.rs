@@ -1,0 +1,268 @@
+//! Admin HTTP endpoint (hyper): `/healthz`, `/readyz`, `/metrics`, `/debug/snapshot`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use svcplane_config::{Snapshot, WatchStats};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// What the admin endpoint reads. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct AdminState {
+    pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub(crate) registry: Arc<Registry>,
+}
+
+impl AdminState {
+    pub(crate) fn new(snapshots: watch::Receiver<Arc<Snapshot>>, stats: Arc<WatchStats>) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ConfigCollector {
+            snapshots: snapshots.clone(),
+            stats,
+        }));
+        Self {
+            snapshots,
+            registry: Arc::new(registry),
+        }
+    }
+}
+
+/// Binds the admin address (so a bad address fails at start) and returns the serving task.
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until `cancel` fires; in-flight requests finish first.
+pub(crate) async fn serve(listener: TcpListener, state: AdminState, cancel: CancellationToken) {
+    let mut conns = JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = cancel.cancelled() => break,
+            res = listener.accept() => match res {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let cancel = cancel.clone();
+        conns.spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req.method(), req.uri().path())) }
+            });
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                res = conn.as_mut() => res,
+                () = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = res {
+                tracing::debug!(client.addr = %peer, error = %e, "admin connection ended");
+            }
+        });
+        // Reap finished connections so the set stays small.
+        while conns.try_join_next().is_some() {}
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    let snapshot = state.snapshots.borrow().clone();
+    match path {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if snapshot.version > 0 {
+                text(
+                    StatusCode::OK,
+                    format!("ready: snapshot version {}\n", snapshot.version),
+                )
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: manifests not loaded yet\n",
+                )
+            }
+        }
+        "/metrics" => {
+            let mut body = String::new();
+            match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+                Ok(()) => {
+                    let mut r = text(StatusCode::OK, body);
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                    );
+                    r
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
+        "/debug/snapshot" => match serde_json::to_vec_pretty(&*snapshot) {
+            Ok(body) => {
+                let mut r = text(StatusCode::OK, body);
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz /readyz /metrics /debug/snapshot\n",
+        ),
+    }
+}
+
+/// Config metrics read at scrape time from the watcher's counters and the latest snapshot.
+#[derive(Debug)]
+struct ConfigCollector {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    stats: Arc<WatchStats>,
+}
+
+impl Collector for ConfigCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.snapshots.borrow().clone();
+        let counters = [
+            (
+                "svcplane_config_reloads",
+                "Manifest reloads that read or removed at least one file.",
+                self.stats.reloads.load(Ordering::Relaxed),
+            ),
+            (
+                "svcplane_config_reload_errors",
+                "Errors found in manifest files read by reloads.",
+                self.stats.reload_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "svcplane_config_reload_failures",
+                "Reloads that failed as a whole (manifest path unreadable).",
+                self.stats.reload_failures.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(v).encode(m)?;
+        }
+        let d = &snap.diagnostics;
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let gauges = [
+            (
+                "svcplane_snapshot_version",
+                "Version of the current snapshot.",
+                i64::try_from(snap.version).unwrap_or(i64::MAX),
+            ),
+            (
+                "svcplane_services",
+                "Services in the current snapshot.",
+                count(snap.services().len()),
+            ),
+            (
+                "svcplane_service_ports",
+                "Routable Service ports in the current snapshot.",
+                count(snap.ports().len()),
+            ),
+            (
+                "svcplane_endpoints",
+                "Endpoints in the current snapshot.",
+                count(snap.endpoint_count()),
+            ),
+            (
+                "svcplane_manifest_files",
+                "Manifest files loaded.",
+                count(d.files),
+            ),
+            (
+                "svcplane_config_errors",
+                "Objects or files currently rejected.",
+                count(d.errors.len()),
+            ),
+            (
+                "svcplane_config_warnings",
+                "Objects currently skipped with a warning.",
+                count(d.warnings.len()),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(v).encode(m)?;
+        }
+        let m = encoder.encode_descriptor(
+            "svcplane_config_last_reload_seconds",
+            "Duration of the last reload that read something (parse + snapshot build).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.stats.last_reload_micros.load(Ordering::Relaxed) as f64 / 1e6)
+            .encode(m)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readyz_is_503_until_the_first_snapshot() {
+        let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+        let state = AdminState::new(rx, Arc::new(WatchStats::default()));
+        let r = route(&state, &Method::GET, "/readyz");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            route(&state, &Method::GET, "/healthz").status(),
+            StatusCode::OK
+        );
+        let mut loaded = Snapshot::default();
+        loaded.version = 1;
+        tx.send_replace(Arc::new(loaded));
+        assert_eq!(
+            route(&state, &Method::GET, "/readyz").status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            route(&state, &Method::POST, "/readyz").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+}

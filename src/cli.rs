@@ -1,0 +1,209 @@
+//! The command line: the contract in DESIGN.md ("CLI contract"). Only what is built is offered.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use svcplane_config::PortRange;
+
+/// svcplane: one node-local daemon doing the jobs of kube-proxy and CoreDNS, driven by
+/// Service and EndpointSlice manifests.
+#[derive(Debug, Parser)]
+#[command(name = "svcplane", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the daemon: load and watch manifests, program the data plane, serve admin HTTP.
+    Run(Box<RunArgs>),
+    /// Validate manifests; exit 1 with every error listed.
+    Check(CheckArgs),
+}
+
+/// Data planes. Only the modes this build implements are listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Mode {
+    /// Load, validate and watch manifests and serve the admin endpoint; route nothing.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Directory (or single file) of Service, EndpointSlice, Endpoints and Pod manifests
+    /// (YAML or JSON); watched for changes.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) manifests: PathBuf,
+    /// Data plane. userspace and ebpf are not part of this build yet.
+    #[arg(long, value_enum, default_value_t = Mode::None)]
+    pub(crate) mode: Mode,
+    /// This node's name: endpoints with this nodeName are local (traffic policy Local).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node_name: Option<String>,
+    /// Node address for NodePorts (repeatable).
+    #[arg(long = "node-ip", value_name = "IP")]
+    pub(crate) node_ips: Vec<IpAddr>,
+    /// DNS listen address [default: 127.0.0.1:5353] (DNS is not part of this build yet).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) dns_listen: Option<SocketAddr>,
+    /// Cluster DNS zone [default: cluster.local] (DNS is not part of this build yet).
+    #[arg(long, value_name = "DOMAIN")]
+    pub(crate) cluster_domain: Option<String>,
+    /// TTL of DNS answers in seconds [default: 5] (DNS is not part of this build yet).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) dns_ttl: Option<u32>,
+    /// Upstream resolver for names outside the cluster (repeatable; DNS is not part of this
+    /// build yet).
+    #[arg(long = "upstream", value_name = "ADDR:PORT")]
+    pub(crate) upstreams: Vec<SocketAddr>,
+    /// Admin HTTP address: /healthz, /readyz, /metrics, /debug/snapshot.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
+    pub(crate) admin_listen: SocketAddr,
+    /// cgroup v2 directory the ebpf mode attaches to (ebpf is not part of this build yet).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) cgroup: Option<PathBuf>,
+    /// Seconds established connections may take to finish on shutdown [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub(crate) drain_timeout: Option<u64>,
+    /// YAML file carrying these flags (not part of this build yet: rejected when given).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Range ClusterIPs are allocated from (repeatable; allocation is not part of this
+    /// build yet).
+    #[arg(long = "service-cidr", value_name = "CIDR")]
+    pub(crate) service_cidrs: Vec<String>,
+    /// Range of valid (and, later, allocated) nodePorts.
+    #[arg(long, value_name = "LO-HI", default_value = "30000-32767")]
+    pub(crate) nodeport_range: PortRange,
+    /// Directory for allocation state (allocation is not part of this build yet).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// Flags that are parsed (so scripts written against the contract keep working) but
+    /// have no effect in this build.
+    pub(crate) fn inert_flags(&self) -> Vec<&'static str> {
+        let given = [
+            ("--node-name", self.node_name.is_some()),
+            ("--node-ip", !self.node_ips.is_empty()),
+            ("--dns-listen", self.dns_listen.is_some()),
+            ("--cluster-domain", self.cluster_domain.is_some()),
+            ("--dns-ttl", self.dns_ttl.is_some()),
+            ("--upstream", !self.upstreams.is_empty()),
+            ("--cgroup", self.cgroup.is_some()),
+            ("--drain-timeout", self.drain_timeout.is_some()),
+            ("--service-cidr", !self.service_cidrs.is_empty()),
+            ("--state-dir", self.state_dir.is_some()),
+        ];
+        given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CheckOutput {
+    /// One row per Service, like `kubectl get svc -o wide`.
+    Wide,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// Manifest files or directories (loaded together, as `kubectl apply -f` would).
+    #[arg(required = true, value_name = "PATH")]
+    pub(crate) paths: Vec<PathBuf>,
+    /// Output format: `wide` lists every Service with its addresses, ports and endpoints.
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub(crate) output: Option<CheckOutput>,
+    /// Range of valid nodePorts.
+    #[arg(long, value_name = "LO-HI", default_value = "30000-32767")]
+    pub(crate) nodeport_range: PortRange,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_parses_the_contract_flags() {
+        let cli = Cli::try_parse_from([
+            "svcplane",
+            "run",
+            "--manifests",
+            "m",
+            "--mode",
+            "none",
+            "--node-name",
+            "n1",
+            "--node-ip",
+            "10.0.0.1",
+            "--node-ip",
+            "::1",
+            "--dns-listen",
+            "127.0.0.1:53",
+            "--upstream",
+            "127.0.0.1:5300",
+            "--nodeport-range",
+            "20000-20010",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.node_ips.len(), 2);
+        assert_eq!(
+            run.nodeport_range,
+            PortRange {
+                first: 20000,
+                last: 20010
+            }
+        );
+        assert_eq!(run.log_format, LogFormat::Json);
+        assert_eq!(
+            run.inert_flags(),
+            vec!["--node-name", "--node-ip", "--dns-listen", "--upstream"]
+        );
+    }
+
+    #[test]
+    fn unbuilt_modes_and_bad_values_are_refused() {
+        for bad in [
+            vec!["--mode", "userspace"],
+            vec!["--mode", "ebpf"],
+            vec!["--nodeport-range", "5-1"],
+            vec!["--admin-listen", "nope"],
+            vec!["--node-ip", "300.1.1.1"],
+        ] {
+            let mut argv = vec!["svcplane", "run", "--manifests", "m"];
+            argv.extend(bad.iter().copied());
+            let err = Cli::try_parse_from(&argv).unwrap_err();
+            assert!(
+                matches!(
+                    err.kind(),
+                    clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+                ),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `svcplane run`: wiring of the watcher, the admin endpoint and signals.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use svcplane_config::{Change, Loader, ManifestWatcher, ParseOptions, Snapshot, diff};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::cli::RunArgs;
+use crate::logging;
+
+/// How long a burst of file events may last before the reload starts.
+const QUIET_PERIOD: Duration = Duration::from_millis(10);
+
+pub(crate) fn main(args: RunArgs) -> ExitCode {
+    logging::init(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("svcplane")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(cfg) = &args.config {
+        anyhow::bail!(
+            "--config {}: configuration files are not supported by this build; pass flags instead",
+            cfg.display()
+        );
+    }
+    let inert = args.inert_flags();
+    if !inert.is_empty() {
+        tracing::warn!(
+            flags = inert.join(" "),
+            mode = ?args.mode,
+            "these flags have no effect in this build"
+        );
+    }
+    std::fs::metadata(&args.manifests)
+        .with_context(|| format!("--manifests {}", args.manifests.display()))?;
+    let opts = ParseOptions {
+        node_port_range: args.nodeport_range,
+    };
+    let listener = admin::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("--admin-listen {}: cannot bind", args.admin_listen))?;
+    let admin_addr = listener.local_addr().unwrap_or(args.admin_listen);
+    let watcher = ManifestWatcher::start(Loader::new(&args.manifests, opts), QUIET_PERIOD)
+        .context("cannot watch manifests")?;
+    let cancel = CancellationToken::new();
+    let state = AdminState::new(watcher.subscribe(), watcher.stats());
+    let admin_task = tokio::spawn(admin::serve(listener, state, cancel.clone()));
+    let log_task = tokio::spawn(log_changes(watcher.subscribe(), cancel.clone()));
+    tracing::info!(
+        manifests = %args.manifests.display(),
+        admin = %admin_addr,
+        mode = ?args.mode,
+        "svcplane running"
+    );
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    watcher.stop().await;
+    let _ = tokio::join!(admin_task, log_task);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Logs every published snapshot: what changed, endpoint counts, new errors.
+async fn log_changes(mut rx: watch::Receiver<Arc<Snapshot>>, cancel: CancellationToken) {
+    let mut prev = Arc::new(Snapshot::default());
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            res = rx.changed() => if res.is_err() { return },
+        }
+        let next = rx.borrow_and_update().clone();
+        log_snapshot(&prev, &next);
+        prev = next;
+    }
+}
+
+fn log_snapshot(prev: &Snapshot, next: &Snapshot) {
+    let d = diff(prev, next);
+    for c in &d.services {
+        match c {
+            Change::Added(key, svc) | Change::Changed(key, svc) => {
+                let ready = svc.endpoints.iter().filter(|e| e.conditions.ready).count();
+                let what = if matches!(c, Change::Added(..)) {
+                    "service added"
+                } else {
+                    "service changed"
+                };
+                tracing::info!(
+                    svc = %key,
+                    r#type = ?svc.def.type_,
+                    ports = svc.def.ports.len(),
+                    endpoints = svc.endpoints.len(),
+                    ready,
+                    source = ?svc.endpoint_source,
+                    "{what}"
+                );
+            }
+            Change::Removed(key) => tracing::info!(svc = %key, "service removed"),
+        }
+    }
+    let old: HashSet<String> = prev
+        .diagnostics
+        .errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    for e in &next.diagnostics.errors {
+        let line = e.to_string();
+        if !old.contains(&line) {
+            tracing::warn!(error = %line, "manifest rejected");
+        }
+    }
+    let old: HashSet<String> = prev
+        .diagnostics
+        .warnings
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
+    for w in &next.diagnostics.warnings {
+        let line = w.to_string();
+        if !old.contains(&line) {
+            tracing::info!(warning = %line, "manifest object skipped");
+        }
+    }
+    tracing::info!(
+        version = next.version,
+        services = next.services().len(),
+        ports = next.ports().len(),
+        endpoints = next.endpoint_count(),
+        errors = next.diagnostics.errors.len(),
+        warnings = next.diagnostics.warnings.len(),
+        "snapshot published"
+    );
+}

@@ -24,6 +24,7 @@ pub mod loader;
 pub mod model;
 pub mod names;
 pub mod parse;
+mod resolver;
 pub mod snapshot;
 pub mod watch;
 

@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{ConfigError, LoadError};
-use crate::parse::{Object, ParseOptions, ParsedFile, parse_file};
-use crate::snapshot::{Diagnostics, Snapshot, build};
+use crate::parse::{ParseOptions, ParsedFile, parse_file};
+use crate::resolver::{FileChange, Resolver};
+use crate::snapshot::{Diagnostics, Snapshot};
 
 /// Identity of a file's content as far as `stat` can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +61,9 @@ struct Cached {
     racy: bool,
     parsed: Arc<ParsedFile>,
 }
+
+/// A file's parsed objects before and after a reload (`None`: absent).
+type Changed = (Option<Arc<ParsedFile>>, Option<Arc<ParsedFile>>);
 
 /// Figures about one reload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,6 +112,7 @@ pub struct Loader {
     opts: ParseOptions,
     files: BTreeMap<PathBuf, Cached>,
     current: Arc<Snapshot>,
+    resolver: Resolver,
 }
 
 /// Whether a path names a manifest file by its extension.
@@ -129,6 +134,7 @@ impl Loader {
             opts,
             files: BTreeMap::new(),
             current: Arc::new(Snapshot::default()),
+            resolver: Resolver::default(),
         }
     }
 
@@ -165,9 +171,20 @@ impl Loader {
             ..ReloadStats::default()
         };
         let present: HashSet<&PathBuf> = listing.iter().map(|(p, _)| p).collect();
-        let before = self.files.len();
-        self.files.retain(|p, _| present.contains(p));
-        stats.removed = before - self.files.len();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(p))
+            .cloned()
+            .collect();
+        // (old, new) objects of every file that changed, for the incremental resolver.
+        let mut changed: Vec<Changed> = Vec::new();
+        for p in &gone {
+            if let Some(c) = self.files.remove(p) {
+                changed.push((Some(c.parsed), None));
+            }
+        }
+        stats.removed = gone.len();
         let todo: Vec<Todo> = listing
             .into_iter()
             .filter_map(|(path, stamp)| {
@@ -180,7 +197,6 @@ impl Loader {
             })
             .collect();
         let results = read_parallel(&todo, &self.opts);
-        let mut objects_changed = stats.removed > 0;
         for (todo, read) in todo.into_iter().zip(results) {
             let racy = todo.stamp.is_some_and(|s| s.mtime_ns >= racy_after);
             let prev = self.files.remove(&todo.path);
@@ -198,13 +214,15 @@ impl Loader {
                 (Read::Parsed(parsed, content), prev) => {
                     stats.parsed += 1;
                     stats.new_errors += parsed.errors.len();
-                    let merged = keep_last_good(parsed, prev.as_ref().map(|c| &*c.parsed));
+                    let old = prev.as_ref().map(|c| &*c.parsed);
+                    let merged = reuse_unchanged(keep_last_good(parsed, old), old);
                     let parsed = match prev {
                         // Same objects and diagnostics: keep the old ones (and their Arcs).
                         Some(prev) if *prev.parsed == merged => prev.parsed,
-                        _ => {
-                            objects_changed = true;
-                            Arc::new(merged)
+                        prev => {
+                            let new = Arc::new(merged);
+                            changed.push((prev.map(|c| c.parsed), Some(Arc::clone(&new))));
+                            new
                         }
                     };
                     Cached {
@@ -218,11 +236,11 @@ impl Loader {
             self.files.insert(todo.path, cached);
         }
         stats.parse_time = started.elapsed();
-        if !objects_changed && self.current.version > 0 {
+        if changed.is_empty() && self.current.version > 0 {
             return Ok((None, stats));
         }
         let build_started = Instant::now();
-        let next = self.build_snapshot();
+        let next = self.build_snapshot(&changed);
         stats.build_time = build_started.elapsed();
         // Ports and frontend indexes derive from the services alone, so comparing services
         // (stopping at the first difference; unchanged ones are often the same Arc) says
@@ -238,26 +256,43 @@ impl Loader {
         Ok((Some(self.current.clone()), stats))
     }
 
-    fn build_snapshot(&self) -> Snapshot {
+    fn build_snapshot(&mut self, changed: &[Changed]) -> Snapshot {
         let mut diagnostics = Diagnostics {
             files: self.files.len(),
             ..Diagnostics::default()
         };
-        let mut objects: Vec<&Object> = Vec::new();
         for c in self.files.values() {
-            objects.extend(c.parsed.objects.iter());
             diagnostics.errors.extend(c.parsed.errors.iter().cloned());
             diagnostics
                 .warnings
                 .extend(c.parsed.warnings.iter().cloned());
         }
-        build(
-            self.current.version + 1,
-            &objects,
-            Some(&self.current),
-            diagnostics,
-        )
+        let changes: Vec<FileChange<'_>> = changed
+            .iter()
+            .map(|(old, new)| FileChange {
+                old: old.as_deref(),
+                new: new.as_deref(),
+            })
+            .collect();
+        self.resolver
+            .update(self.current.version + 1, &changes, diagnostics)
     }
+}
+
+/// Objects of a re-parsed file that equal their previous version keep the previous `Arc`,
+/// so the resolver sees them as untouched.
+fn reuse_unchanged(mut parsed: ParsedFile, prev: Option<&ParsedFile>) -> ParsedFile {
+    let Some(prev) = prev else { return parsed };
+    for o in &mut parsed.objects {
+        if let Some(old) = prev
+            .objects
+            .iter()
+            .find(|p| p.identity() == o.identity() && *p == o)
+        {
+            *o = old.clone();
+        }
+    }
+    parsed
 }
 
 /// A fresh parse keeps the previous version of objects it now rejects, and all previous

@@ -9,10 +9,10 @@ use serde::Serialize;
 
 use crate::error::{ConfigError, Warning};
 use crate::model::{
-    Backend, Conditions, Endpoint, EndpointPort, EndpointSource, Frontend, Origin, Protocol,
-    ServiceDef, ServiceKey, ServiceType, SessionAffinity, TargetPort, TrafficPolicy,
+    Backend, Conditions, Endpoint, EndpointPort, EndpointSource, Frontend, Protocol, ServiceDef,
+    ServiceKey, ServiceType, SessionAffinity, TargetPort, TrafficPolicy,
 };
-use crate::parse::{EndpointsDef, Object, PodDef, SliceDef};
+use crate::parse::{EndpointsDef, PodDef, SliceDef};
 
 /// A Service with its resolved endpoints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -150,14 +150,49 @@ pub struct Diagnostics {
 pub struct Snapshot {
     pub version: u64,
     #[serde(serialize_with = "values_in_order")]
-    services: BTreeMap<ServiceKey, Arc<Service>>,
+    pub(crate) services: BTreeMap<ServiceKey, Arc<Service>>,
     #[serde(skip)]
-    ports: BTreeMap<ServicePortKey, Arc<PortView>>,
+    pub(crate) ports: BTreeMap<ServicePortKey, Arc<PortView>>,
     #[serde(skip)]
-    frontends: HashMap<Frontend, ServicePortKey>,
+    pub(crate) frontends: HashMap<Frontend, ServicePortKey>,
     #[serde(skip)]
-    node_ports: HashMap<(u16, Protocol), ServicePortKey>,
+    pub(crate) node_ports: HashMap<(u16, Protocol), ServicePortKey>,
     pub diagnostics: Arc<Diagnostics>,
+}
+
+/// The objects a Service was resolved from (held, so pointer identity stays meaningful)
+/// and what was derived from them.
+#[derive(Clone, Debug)]
+pub(crate) struct Memo {
+    pub(crate) def: Arc<ServiceDef>,
+    pub(crate) inputs: Inputs,
+    pub(crate) service: Arc<Service>,
+    pub(crate) ports: Vec<(ServicePortKey, Arc<PortView>)>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Inputs {
+    Slices(Vec<Arc<SliceDef>>),
+    Endpoints(Arc<EndpointsDef>),
+    Pods(Vec<Arc<PodDef>>),
+    None,
+}
+
+impl Inputs {
+    /// The same objects (by identity, not value: equal values in new Arcs are rebuilt, which
+    /// is correct and cheap).
+    pub(crate) fn same(&self, other: &Inputs) -> bool {
+        fn all<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+        }
+        match (self, other) {
+            (Inputs::Slices(a), Inputs::Slices(b)) => all(a, b),
+            (Inputs::Endpoints(a), Inputs::Endpoints(b)) => Arc::ptr_eq(a, b),
+            (Inputs::Pods(a), Inputs::Pods(b)) => all(a, b),
+            (Inputs::None, Inputs::None) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Serializes a map as the list of its values (JSON maps need string keys; every value
@@ -204,166 +239,42 @@ impl Snapshot {
     }
 }
 
-// === build ===
+// === resolution (driven incrementally by `resolver`) ===
 
-/// Builds a snapshot from every accepted object (in a stable order: files sorted by path,
-/// objects in file order). Conflicts between objects are decided in favour of what `prev`
-/// already had, so adding a conflicting object never takes a working one down.
-pub(crate) fn build(
-    version: u64,
-    objects: &[&Object],
-    prev: Option<&Snapshot>,
-    mut diagnostics: Diagnostics,
-) -> Snapshot {
-    let errors = &mut diagnostics.errors;
-    let mut services: Vec<Arc<ServiceDef>> = Vec::new();
-    let mut slices: Vec<&Arc<SliceDef>> = Vec::new();
-    let mut endpoints: Vec<&Arc<EndpointsDef>> = Vec::new();
-    let mut pods: Vec<&Arc<PodDef>> = Vec::new();
-    for o in objects {
-        match o {
-            Object::Service(s) => services.push(s.clone()),
-            Object::Slice(s) => slices.push(s),
-            Object::Endpoints(e) => endpoints.push(e),
-            Object::Pod(p) => pods.push(p),
-        }
-    }
-    let prev_origin = |key: &ServiceKey| {
-        prev.and_then(|p| p.services.get(key))
-            .map(|s| &s.def.origin)
+/// Resolves a Service from its inputs: endpoints and one PortView per routable port.
+pub(crate) fn resolve(def: Arc<ServiceDef>, inputs: Inputs) -> Memo {
+    let (source, eps): (EndpointSource, Vec<Endpoint>) = match &inputs {
+        Inputs::Slices(list) => (
+            EndpointSource::EndpointSlices,
+            list.iter()
+                .flat_map(|s| s.endpoints.iter().cloned())
+                .collect(),
+        ),
+        Inputs::Endpoints(e) => (EndpointSource::Endpoints, e.endpoints.clone()),
+        Inputs::Pods(pods) => (EndpointSource::Pods, pod_endpoints(&def, pods)),
+        Inputs::None => (EndpointSource::None, Vec::new()),
     };
-    let services = dedupe(
-        services,
-        "Service",
-        errors,
-        |s| (s.key.clone(), &s.origin),
-        |s| prev_origin(&s.key).is_some_and(|o| o.file == s.origin.file),
-    );
-    let slices = dedupe(
-        slices,
-        "EndpointSlice",
-        errors,
-        |s| {
-            (
-                ServiceKey::new(s.namespace.clone(), s.name.clone()),
-                &s.origin,
-            )
-        },
-        |_| false,
-    );
-    let endpoints = dedupe(
-        endpoints,
-        "Endpoints",
-        errors,
-        |e| (e.key.clone(), &e.origin),
-        |_| false,
-    );
-    let pods = dedupe(
-        pods,
-        "Pod",
-        errors,
-        |p| {
-            (
-                ServiceKey::new(p.namespace.clone(), p.name.clone()),
-                &p.origin,
-            )
-        },
-        |_| false,
-    );
-
-    let services = claim_frontends(services, prev, errors);
-
-    let mut slices_by_service: HashMap<(&str, &str), Vec<&SliceDef>> = HashMap::new();
-    for s in slices.values() {
-        if let Some(svc) = &s.service {
-            slices_by_service
-                .entry((&s.namespace, svc))
-                .or_default()
-                .push(s);
-        }
+    let service = Arc::new(Service {
+        def: Arc::clone(&def),
+        endpoint_source: source,
+        endpoints: eps.into(),
+    });
+    let ports = port_views(&service);
+    Memo {
+        def,
+        inputs,
+        service,
+        ports,
     }
-    let mut pods_by_ns: HashMap<&str, Vec<&PodDef>> = HashMap::new();
-    for p in pods.values() {
-        pods_by_ns.entry(&p.namespace).or_default().push(p);
-    }
-
-    let mut snap = Snapshot {
-        version,
-        ..Snapshot::default()
-    };
-    for (key, def) in services {
-        let (source, eps) =
-            if let Some(list) = slices_by_service.get(&(&*key.namespace, &*key.name)) {
-                let eps = list
-                    .iter()
-                    .flat_map(|s| s.endpoints.iter().cloned())
-                    .collect();
-                (EndpointSource::EndpointSlices, eps)
-            } else if let Some(e) = endpoints.get(&key) {
-                (EndpointSource::Endpoints, e.endpoints.clone())
-            } else if let Some(sel) = &def.selector {
-                let matching: Vec<Endpoint> = pods_by_ns
-                    .get(&*key.namespace)
-                    .map(|ps| pod_endpoints(&def, sel, ps))
-                    .unwrap_or_default();
-                if matching.is_empty() {
-                    (EndpointSource::None, matching)
-                } else {
-                    (EndpointSource::Pods, matching)
-                }
-            } else {
-                (EndpointSource::None, Vec::new())
-            };
-        let svc = Arc::new(Service {
-            def,
-            endpoint_source: source,
-            endpoints: eps.into(),
-        });
-        add_ports(&mut snap, &svc);
-        snap.services.insert(key, svc);
-    }
-    snap.diagnostics = Arc::new(diagnostics);
-    snap
 }
 
-/// Keeps one object per key. The kept one is the first for which `preferred` holds, else
-/// the first; every other one is an error naming both definitions.
-fn dedupe<T, K: Ord + std::fmt::Display + Clone>(
-    items: Vec<T>,
-    kind: &str,
-    errors: &mut Vec<ConfigError>,
-    key_of: impl Fn(&T) -> (K, &Origin),
-    preferred: impl Fn(&T) -> bool,
-) -> BTreeMap<K, T> {
-    let mut by_key: BTreeMap<K, Vec<T>> = BTreeMap::new();
-    for item in items {
-        let (k, _) = key_of(&item);
-        by_key.entry(k).or_default().push(item);
-    }
-    let mut out = BTreeMap::new();
-    for (k, mut list) in by_key {
-        let keep = list.iter().position(&preferred).unwrap_or(0);
-        let kept = list.swap_remove(keep);
-        for dup in &list {
-            let (_, origin) = key_of(dup);
-            errors.push(ConfigError {
-                file: origin.file.clone(),
-                document: Some(origin.document),
-                line: Some(origin.line),
-                kind: Some(kind.to_owned()),
-                object: Some(k.to_string()),
-                field: Some("metadata.name".into()),
-                reason: format!("{kind} {k} is defined more than once; this definition is ignored"),
-                other: Some(key_of(&kept).1.clone()),
-            });
-        }
-        out.insert(k, kept);
-    }
-    out
+/// A selector matches when every one of its labels is on the Pod.
+pub(crate) fn selects(selector: &BTreeMap<String, String>, pod: &PodDef) -> bool {
+    selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
 }
 
 /// What one Service claims: address frontends and node ports, with the field that claims it.
-fn claims(def: &ServiceDef) -> Vec<(Claim, String)> {
+pub(crate) fn claims(def: &ServiceDef) -> Vec<(Claim, ClaimField)> {
     let mut out = Vec::new();
     if def.headless || def.type_ == ServiceType::ExternalName {
         return out;
@@ -381,24 +292,34 @@ fn claims(def: &ServiceDef) -> Vec<(Claim, String)> {
                     port: p.port,
                     protocol: p.protocol,
                 };
-                out.push((
-                    Claim::Frontend(f),
-                    format!("{field}[{j}] + spec.ports[{i}]"),
-                ));
+                out.push((Claim::Frontend(f), ClaimField::Addr(field, j, i)));
             }
         }
         if let Some(np) = p.node_port {
-            out.push((
-                Claim::NodePort(np, p.protocol),
-                format!("spec.ports[{i}].nodePort"),
-            ));
+            out.push((Claim::NodePort(np, p.protocol), ClaimField::NodePort(i)));
         }
     }
     out
 }
 
+/// The field that makes a claim, formatted only for an error.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ClaimField {
+    Addr(&'static str, usize, usize),
+    NodePort(usize),
+}
+
+impl std::fmt::Display for ClaimField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClaimField::Addr(field, j, i) => write!(f, "{field}[{j}] + spec.ports[{i}]"),
+            ClaimField::NodePort(i) => write!(f, "spec.ports[{i}].nodePort"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Claim {
+pub(crate) enum Claim {
     Frontend(Frontend),
     NodePort(u16, Protocol),
 }
@@ -412,84 +333,11 @@ impl std::fmt::Display for Claim {
     }
 }
 
-/// Rejects Services whose frontends or node ports another Service already holds. Services
-/// that `prev` had are placed first, so a newcomer never displaces a running Service; an
-/// edit that now conflicts keeps the version `prev` ran when that one still fits.
-fn claim_frontends(
-    services: BTreeMap<ServiceKey, Arc<ServiceDef>>,
-    prev: Option<&Snapshot>,
-    errors: &mut Vec<ConfigError>,
-) -> BTreeMap<ServiceKey, Arc<ServiceDef>> {
-    let prev_def = |key: &ServiceKey| prev.and_then(|p| p.services.get(key)).map(|s| &s.def);
-    // A Service `prev` had unchanged goes first, then one `prev` had in another version,
-    // then newcomers: neither an edit nor an addition displaces a Service that still works.
-    let rank = |key: &ServiceKey, def: &ServiceDef| match prev_def(key) {
-        Some(old) if old.same_spec(def) => 0,
-        Some(_) => 1,
-        None => 2,
-    };
-    let mut order: Vec<(&ServiceKey, &Arc<ServiceDef>)> = services.iter().collect();
-    order.sort_by_key(|(k, d)| rank(k, d));
-    let mut owner: HashMap<Claim, &Arc<ServiceDef>> = HashMap::new();
-    let mut kept = BTreeMap::new();
-    for (key, def) in order {
-        let taken = taken_claims(def, &owner);
-        let chosen = if taken.is_empty() {
-            Some(def)
-        } else {
-            prev_def(key).filter(|old| taken_claims(old, &owner).is_empty())
-        };
-        for (claim, field, other) in taken {
-            let keeping = if chosen.is_some() {
-                "; keeping its last good version"
-            } else {
-                ""
-            };
-            errors.push(ConfigError {
-                file: def.origin.file.clone(),
-                document: Some(def.origin.document),
-                line: Some(def.origin.line),
-                kind: Some("Service".into()),
-                object: Some(key.to_string()),
-                field: Some(field),
-                reason: format!("{claim} is already used by Service {}{keeping}", other.key),
-                other: Some(other.origin.clone()),
-            });
-        }
-        if let Some(chosen) = chosen {
-            for (claim, _) in claims(chosen) {
-                owner.insert(claim, chosen);
-            }
-            kept.insert(key.clone(), chosen.clone());
-        }
-    }
-    kept
-}
-
-/// The claims of `def` that another Service already holds, with the claiming field.
-fn taken_claims<'o>(
-    def: &ServiceDef,
-    owner: &HashMap<Claim, &'o Arc<ServiceDef>>,
-) -> Vec<(Claim, String, &'o Arc<ServiceDef>)> {
-    claims(def)
-        .into_iter()
-        .filter_map(|(claim, field)| owner.get(&claim).map(|other| (claim, field, *other)))
-        .collect()
-}
-
 /// The endpoints controller's job: one endpoint per address of each Pod matching the
 /// selector, with named target ports resolved from the Pod's container ports.
-fn pod_endpoints(
-    def: &ServiceDef,
-    selector: &BTreeMap<String, String>,
-    pods: &[&PodDef],
-) -> Vec<Endpoint> {
+fn pod_endpoints(def: &ServiceDef, pods: &[Arc<PodDef>]) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for pod in pods {
-        let matches = selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v));
-        if !matches || pod.ips.is_empty() {
-            continue;
-        }
         let ports: Arc<[EndpointPort]> = def
             .ports
             .iter()
@@ -539,12 +387,13 @@ fn pod_endpoints(
     out
 }
 
-/// Adds the routable ports of `svc` and their frontend indexes.
-fn add_ports(snap: &mut Snapshot, svc: &Arc<Service>) {
+/// The routable ports of `svc` (none for headless and ExternalName Services).
+fn port_views(svc: &Service) -> Vec<(ServicePortKey, Arc<PortView>)> {
     let def = &svc.def;
     if def.headless || def.type_ == ServiceType::ExternalName {
-        return;
+        return Vec::new();
     }
+    let mut out = Vec::with_capacity(def.ports.len());
     for sp in &def.ports {
         let key = ServicePortKey {
             service: def.key.clone(),
@@ -579,12 +428,7 @@ fn add_ports(snap: &mut Snapshot, svc: &Arc<Service>) {
             internal_traffic_policy: def.internal_traffic_policy,
             endpoints,
         };
-        for (f, _) in view.frontends() {
-            snap.frontends.insert(f, key.clone());
-        }
-        if let Some(np) = sp.node_port {
-            snap.node_ports.insert((np, sp.protocol), key.clone());
-        }
-        snap.ports.insert(key, Arc::new(view));
+        out.push((key, Arc::new(view)));
     }
+    out
 }

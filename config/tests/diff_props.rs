@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use proptest::prelude::*;
+use svcplane_config::ParseOptions;
 use svcplane_config::{Change, Snapshot, diff, diff::apply};
 
 const NAMESPACES: [&str; 2] = ["default", "shop"];
@@ -454,6 +455,17 @@ proptest! {
         check_diff(&b, &a);
         prop_assert!(diff(&a, &a).is_empty());
         prop_assert!(diff(&b, &b).is_empty());
+
+        // The incremental build (reusing what `a` resolved) equals a cold load of `b`.
+        // Only without errors: duplicates, conflicts and rejected edits are decided in
+        // favour of history (what `a` ran), which a cold load does not have.
+        let mut cold = svcplane_config::Loader::new(dir.path(""), ParseOptions::default());
+        cold.reload().unwrap();
+        let fresh = cold.snapshot();
+        if fresh.diagnostics.errors.is_empty() {
+            prop_assert_eq!(b.services(), fresh.services());
+            prop_assert_eq!(b.ports(), fresh.ports());
+        }
     }
 }
 

@@ -31,12 +31,19 @@ pub(crate) struct AdminState {
 }
 
 impl AdminState {
-    pub(crate) fn new(snapshots: watch::Receiver<Arc<Snapshot>>, stats: Arc<WatchStats>) -> Self {
+    pub(crate) fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        stats: Arc<WatchStats>,
+        extra: Vec<Box<dyn Collector>>,
+    ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ConfigCollector {
             snapshots: snapshots.clone(),
             stats,
         }));
+        for c in extra {
+            registry.register_collector(c);
+        }
         Self {
             snapshots,
             registry: Arc::new(registry),
@@ -246,7 +253,7 @@ mod tests {
     #[test]
     fn readyz_is_503_until_the_first_snapshot() {
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-        let state = AdminState::new(rx, Arc::new(WatchStats::default()));
+        let state = AdminState::new(rx, Arc::new(WatchStats::default()), Vec::new());
         let r = route(&state, &Method::GET, "/readyz");
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(

@@ -53,17 +53,17 @@ pub(crate) struct RunArgs {
     /// Node address for NodePorts (repeatable).
     #[arg(long = "node-ip", value_name = "IP")]
     pub(crate) node_ips: Vec<IpAddr>,
-    /// DNS listen address [default: 127.0.0.1:5353] (DNS is not part of this build yet).
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub(crate) dns_listen: Option<SocketAddr>,
-    /// Cluster DNS zone [default: cluster.local] (DNS is not part of this build yet).
-    #[arg(long, value_name = "DOMAIN")]
-    pub(crate) cluster_domain: Option<String>,
-    /// TTL of DNS answers in seconds [default: 5] (DNS is not part of this build yet).
-    #[arg(long, value_name = "SECS")]
-    pub(crate) dns_ttl: Option<u32>,
-    /// Upstream resolver for names outside the cluster (repeatable; DNS is not part of this
-    /// build yet).
+    /// Cluster DNS address, UDP and TCP.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5353")]
+    pub(crate) dns_listen: SocketAddr,
+    /// Cluster DNS zone.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    pub(crate) cluster_domain: String,
+    /// TTL of DNS answers in seconds (also the negative-answer TTL).
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub(crate) dns_ttl: u32,
+    /// Upstream resolver for names outside the cluster zones (repeatable; tried in order).
+    /// Without one, such names are REFUSED.
     #[arg(long = "upstream", value_name = "ADDR:PORT")]
     pub(crate) upstreams: Vec<SocketAddr>,
     /// Admin HTTP address: /healthz, /readyz, /metrics, /debug/snapshot.
@@ -100,10 +100,6 @@ impl RunArgs {
         let given = [
             ("--node-name", self.node_name.is_some()),
             ("--node-ip", !self.node_ips.is_empty()),
-            ("--dns-listen", self.dns_listen.is_some()),
-            ("--cluster-domain", self.cluster_domain.is_some()),
-            ("--dns-ttl", self.dns_ttl.is_some()),
-            ("--upstream", !self.upstreams.is_empty()),
             ("--cgroup", self.cgroup.is_some()),
             ("--drain-timeout", self.drain_timeout.is_some()),
             ("--service-cidr", !self.service_cidrs.is_empty()),
@@ -179,10 +175,7 @@ mod tests {
             }
         );
         assert_eq!(run.log_format, LogFormat::Json);
-        assert_eq!(
-            run.inert_flags(),
-            vec!["--node-name", "--node-ip", "--dns-listen", "--upstream"]
-        );
+        assert_eq!(run.inert_flags(), vec!["--node-name", "--node-ip"]);
     }
 
     #[test]

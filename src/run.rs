@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use svcplane_config::{Change, Loader, ManifestWatcher, ParseOptions, Snapshot, diff};
+use svcplane_dns::{DnsCollector, DnsConfig, DnsOptions, DnsServer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -59,19 +60,41 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let opts = ParseOptions {
         node_port_range: args.nodeport_range,
     };
+    let mut dns_config = DnsConfig::new(&args.cluster_domain, args.dns_ttl)
+        .map_err(|e| anyhow::anyhow!("--cluster-domain: {e}"))?;
+    if !args.dns_listen.ip().is_unspecified() {
+        dns_config.ns_addrs.push(args.dns_listen.ip());
+    }
     let listener = admin::bind(args.admin_listen)
         .await
         .with_context(|| format!("--admin-listen {}: cannot bind", args.admin_listen))?;
     let admin_addr = listener.local_addr().unwrap_or(args.admin_listen);
     let watcher = ManifestWatcher::start(Loader::new(&args.manifests, opts), QUIET_PERIOD)
         .context("cannot watch manifests")?;
+    let dns = DnsServer::start(
+        DnsOptions {
+            listen: args.dns_listen,
+            config: dns_config,
+            upstreams: args.upstreams.clone(),
+            udp_threads: 0,
+        },
+        watcher.subscribe(),
+    )
+    .await
+    .context("--dns-listen")?;
+    let dns_addr = dns.local_addr();
     let cancel = CancellationToken::new();
-    let state = AdminState::new(watcher.subscribe(), watcher.stats());
+    let state = AdminState::new(
+        watcher.subscribe(),
+        watcher.stats(),
+        vec![Box::new(DnsCollector(dns.metrics()))],
+    );
     let admin_task = tokio::spawn(admin::serve(listener, state, cancel.clone()));
     let log_task = tokio::spawn(log_changes(watcher.subscribe(), cancel.clone()));
     tracing::info!(
         manifests = %args.manifests.display(),
         admin = %admin_addr,
+        dns = %dns_addr,
         mode = ?args.mode,
         "svcplane running"
     );
@@ -79,6 +102,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     cancel.cancel();
+    dns.stop().await;
     watcher.stop().await;
     let _ = tokio::join!(admin_task, log_task);
     tracing::info!("stopped");

@@ -189,7 +189,13 @@ impl Daemon {
     fn start(manifests: &Path, extra: &[&str]) -> Daemon {
         let mut child = Command::new(BIN)
             .args(["run", "--manifests", manifests.to_str().unwrap()])
-            .args(["--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+            .args([
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--dns-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--log-format", "json"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -415,6 +421,8 @@ fn run_refuses_a_missing_manifest_dir_and_a_config_file() {
         "--manifests",
         dir.path().to_str().unwrap(),
         "--admin-listen",
+        "127.0.0.1:0",
+        "--dns-listen",
         "127.0.0.1:0",
         "--config",
         "/etc/svcplane.yaml",

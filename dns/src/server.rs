@@ -1,0 +1,401 @@
+//! Transport: UDP on one blocking thread per core (SO_REUSEPORT sockets, reused buffers),
+//! TCP through hickory-server's `Server` with our `RequestHandler`. Both call the same
+//! `wire::respond` over the table that is swapped whole on every snapshot.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use hickory_proto::op::{Edns, Message, Metadata, ResponseCode};
+use hickory_server::Server;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use socket2::{Domain, Socket, Type};
+use svcplane_config::Snapshot;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{DnsMetrics, ThreadCounters};
+use crate::table::{DnsConfig, DnsTable};
+use crate::upstream::Upstream;
+use crate::wire::{self, Outcome, Policy, Transport};
+
+/// How the DNS server runs.
+#[derive(Clone, Debug)]
+pub struct DnsOptions {
+    pub listen: SocketAddr,
+    pub config: DnsConfig,
+    pub upstreams: Vec<SocketAddr>,
+    /// UDP threads; 0 means one per core.
+    pub udp_threads: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("cannot listen on {addr} ({proto}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        proto: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running DNS server. `stop` ends it; dropping it without `stop` leaves threads to end
+/// at the next read timeout.
+#[derive(Debug)]
+pub struct DnsServer {
+    table: Arc<ArcSwapOption<DnsTable>>,
+    metrics: Arc<DnsMetrics>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    cancel: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+    local: SocketAddr,
+}
+
+/// A reply the forwarder sends for a UDP query it answered.
+#[derive(Debug)]
+pub(crate) struct ForwardJob {
+    pub(crate) request: Vec<u8>,
+    pub(crate) client: SocketAddr,
+    pub(crate) socket: Arc<UdpSocket>,
+}
+
+const READ_TIMEOUT: Duration = Duration::from_millis(200);
+
+impl DnsServer {
+    /// Binds UDP and TCP on `opts.listen` and starts serving. Must run inside a tokio
+    /// runtime. Until the first snapshot arrives every in-zone query gets SERVFAIL.
+    pub async fn start(
+        opts: DnsOptions,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    ) -> Result<DnsServer, DnsError> {
+        let table: Arc<ArcSwapOption<DnsTable>> = Arc::new(ArcSwapOption::empty());
+        let metrics = Arc::new(DnsMetrics::new(opts.listen));
+        let upstream = (!opts.upstreams.is_empty())
+            .then(|| Arc::new(Upstream::new(opts.upstreams.clone(), metrics.clone())));
+        let policy = Policy {
+            forward: upstream.is_some(),
+        };
+        let cancel = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+
+        // TCP first: binding port 0 picks the port UDP then shares.
+        let tcp = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| DnsError::Bind {
+                addr: opts.listen,
+                proto: "tcp",
+                source,
+            })?;
+        let local = tcp.local_addr().unwrap_or(opts.listen);
+        let threads_n = match opts.udp_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut sockets = Vec::with_capacity(threads_n);
+        for _ in 0..threads_n {
+            sockets.push(Arc::new(udp_socket(local)?));
+        }
+
+        let (fwd_tx, fwd_rx) = mpsc::channel::<ForwardJob>(1024);
+        if let Some(up) = &upstream {
+            tasks.spawn(Arc::clone(up).serve_udp(fwd_rx, cancel.clone()));
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(threads_n);
+        for (i, sock) in sockets.into_iter().enumerate() {
+            let ctx = UdpLoop {
+                sock,
+                table: Arc::clone(&table),
+                policy,
+                stop: Arc::clone(&stop),
+                forward: upstream.is_some().then(|| fwd_tx.clone()),
+                counters: metrics.thread_counters(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("dns-udp-{i}"))
+                .spawn(move || ctx.run())
+                .map_err(|source| DnsError::Bind {
+                    addr: local,
+                    proto: "udp thread",
+                    source,
+                })?;
+            threads.push(handle);
+        }
+
+        let handler = TcpHandler {
+            table: Arc::clone(&table),
+            policy,
+            upstream: upstream.clone(),
+            counters: metrics.thread_counters(),
+        };
+        let mut server = Server::new(handler);
+        server.register_listener(tcp, Duration::from_secs(10), 32);
+        let server_cancel = cancel.clone();
+        tasks.spawn(async move {
+            server_cancel.cancelled().await;
+            let _ = server.shutdown_gracefully().await;
+        });
+
+        // Table builder: one table per snapshot, built off the reactor, swapped whole.
+        let builder_table = Arc::clone(&table);
+        let builder_cancel = cancel.clone();
+        let cfg = opts.config.clone();
+        let builder_metrics = metrics.clone();
+        tasks.spawn(async move {
+            loop {
+                let snap = snapshots.borrow_and_update().clone();
+                if snap.version > 0 {
+                    let cfg = cfg.clone();
+                    let started = Instant::now();
+                    let built =
+                        tokio::task::spawn_blocking(move || DnsTable::build(&snap, &cfg)).await;
+                    if let Ok(t) = built {
+                        tracing::debug!(
+                            version = t.version,
+                            names = t.names.len(),
+                            build_ms = started.elapsed().as_secs_f64() * 1e3,
+                            "dns table built"
+                        );
+                        builder_metrics.set_table(t.version, t.names.len());
+                        builder_table.store(Some(Arc::new(t)));
+                    }
+                }
+                tokio::select! {
+                    () = builder_cancel.cancelled() => return,
+                    res = snapshots.changed() => if res.is_err() { return },
+                }
+            }
+        });
+
+        Ok(DnsServer {
+            table,
+            metrics,
+            stop,
+            threads,
+            cancel,
+            tasks,
+            local,
+        })
+    }
+
+    /// The address UDP and TCP listen on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn metrics(&self) -> Arc<DnsMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Version of the snapshot the served table was built from (0 before the first).
+    pub fn table_version(&self) -> u64 {
+        self.table.load().as_ref().map_or(0, |t| t.version)
+    }
+
+    /// Stops accepting, finishes TCP connections gracefully, joins the UDP threads.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        self.stop.store(true, Ordering::Relaxed);
+        while self.tasks.join_next().await.is_some() {}
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+fn udp_socket(addr: SocketAddr) -> Result<UdpSocket, DnsError> {
+    let bind = |source| DnsError::Bind {
+        addr,
+        proto: "udp",
+        source,
+    };
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, None).map_err(bind)?;
+    sock.set_reuse_port(true).map_err(bind)?;
+    sock.set_read_timeout(Some(READ_TIMEOUT)).map_err(bind)?;
+    sock.bind(&addr.into()).map_err(bind)?;
+    Ok(sock.into())
+}
+
+struct UdpLoop {
+    sock: Arc<UdpSocket>,
+    table: Arc<ArcSwapOption<DnsTable>>,
+    policy: Policy,
+    stop: Arc<AtomicBool>,
+    forward: Option<mpsc::Sender<ForwardJob>>,
+    counters: Arc<ThreadCounters>,
+}
+
+impl UdpLoop {
+    fn run(self) {
+        let mut buf = vec![0u8; 65535];
+        let mut out = Vec::with_capacity(4096);
+        let mut key = Vec::with_capacity(256);
+        while !self.stop.load(Ordering::Relaxed) {
+            let (n, client) = match self.sock.recv_from(&mut buf) {
+                Ok(v) => v,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "dns udp receive failed");
+                    continue;
+                }
+            };
+            let started = Instant::now();
+            let req = &buf[..n];
+            let table = self.table.load();
+            let outcome = wire::respond(
+                table.as_deref(),
+                req,
+                Transport::Udp,
+                self.policy,
+                &mut out,
+                &mut key,
+            );
+            match outcome {
+                Outcome::Reply(rcode) => {
+                    let _ = self.sock.send_to(&out, client);
+                    self.counters
+                        .record(req, Transport::Udp, client, rcode, started);
+                }
+                Outcome::Forward => {
+                    let job = ForwardJob {
+                        request: req.to_vec(),
+                        client,
+                        socket: Arc::clone(&self.sock),
+                    };
+                    let sent = self
+                        .forward
+                        .as_ref()
+                        .is_some_and(|f| f.try_send(job).is_ok());
+                    if !sent {
+                        // Forwarder saturated: tell the client now rather than time out.
+                        servfail(req, &mut out);
+                        let _ = self.sock.send_to(&out, client);
+                        self.counters.record(
+                            req,
+                            Transport::Udp,
+                            client,
+                            ResponseCode::ServFail,
+                            started,
+                        );
+                    }
+                }
+                Outcome::Drop => {}
+            }
+        }
+    }
+}
+
+/// A SERVFAIL echoing the request's header and question (best effort).
+pub(crate) fn servfail(req: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let Ok(msg) = Message::from_vec(req) else {
+        return;
+    };
+    let mut m = Message::error_msg(
+        msg.metadata.id,
+        msg.metadata.op_code,
+        ResponseCode::ServFail,
+    );
+    m.metadata.recursion_desired = msg.metadata.recursion_desired;
+    m.add_queries(msg.queries);
+    if let Ok(v) = m.to_vec() {
+        out.extend_from_slice(&v);
+    }
+}
+
+/// hickory-server calls this for every TCP request.
+struct TcpHandler {
+    table: Arc<ArcSwapOption<DnsTable>>,
+    policy: Policy,
+    upstream: Option<Arc<Upstream>>,
+    counters: Arc<ThreadCounters>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for TcpHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let started = Instant::now();
+        let req = request.as_slice();
+        let mut out = Vec::with_capacity(512);
+        let mut key = Vec::with_capacity(256);
+        let table = self.table.load();
+        let outcome = wire::respond(
+            table.as_deref(),
+            req,
+            Transport::Tcp,
+            self.policy,
+            &mut out,
+            &mut key,
+        );
+        drop(table);
+        if outcome == Outcome::Forward {
+            match &self.upstream {
+                Some(up) => up.forward(req, Transport::Tcp, &mut out).await,
+                None => servfail(req, &mut out),
+            }
+        }
+        let reply = Message::from_vec(&out).ok();
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        let rcode = reply
+            .as_ref()
+            .map_or(ResponseCode::ServFail, |m| m.metadata.response_code);
+        self.counters
+            .record(req, Transport::Tcp, request.src(), rcode, started);
+        let empty = Message::error_msg(request.metadata.id, request.metadata.op_code, rcode);
+        let reply = reply.unwrap_or(empty);
+        metadata.response_code = rcode;
+        metadata.authoritative = reply.metadata.authoritative;
+        metadata.recursion_available = reply.metadata.recursion_available;
+        let edns = request.edns.as_ref().map(|_| {
+            let mut e = Edns::new();
+            e.set_max_payload(wire::EDNS_PAYLOAD);
+            e
+        });
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let response = builder.build(
+            metadata,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            std::iter::empty(),
+            reply.additionals.iter(),
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "dns tcp response failed");
+                let mut m = Metadata::response_from_request(&request.metadata);
+                m.response_code = ResponseCode::ServFail;
+                hickory_proto::op::Header {
+                    metadata: m,
+                    counts: Default::default(),
+                }
+                .into()
+            }
+        }
+    }
+}

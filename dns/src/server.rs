@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DnsMetrics, ThreadCounters};
-use crate::table::{DnsConfig, DnsTable};
+use crate::table::{DnsConfig, DnsTable, TableBuilder};
 use crate::upstream::Upstream;
 use crate::wire::{self, Outcome, Policy, Transport};
 
@@ -64,6 +64,26 @@ pub(crate) struct ForwardJob {
     pub(crate) request: Vec<u8>,
     pub(crate) client: SocketAddr,
     pub(crate) socket: Arc<UdpSocket>,
+    /// When the request arrived (for the duration histogram).
+    pub(crate) started: Instant,
+}
+
+// === impl ForwardJob ===
+
+impl ForwardJob {
+    /// Counts the request once `reply` went out.
+    pub(crate) fn record(&self, counters: &ThreadCounters, reply: &[u8]) {
+        let rcode = reply
+            .get(3)
+            .map_or(ResponseCode::ServFail, |b| ResponseCode::from(0, b & 0x0F));
+        counters.record(
+            &self.request,
+            Transport::Udp,
+            self.client,
+            rcode,
+            self.started,
+        );
+    }
 }
 
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
@@ -148,16 +168,23 @@ impl DnsServer {
         let builder_table = Arc::clone(&table);
         let builder_cancel = cancel.clone();
         let cfg = opts.config.clone();
+        let mut builder = TableBuilder::new(cfg.clone());
         let builder_metrics = metrics.clone();
         tasks.spawn(async move {
             loop {
                 let snap = snapshots.borrow_and_update().clone();
                 if snap.version > 0 {
-                    let cfg = cfg.clone();
                     let started = Instant::now();
-                    let built =
-                        tokio::task::spawn_blocking(move || DnsTable::build(&snap, &cfg)).await;
-                    if let Ok(t) = built {
+                    // The builder keeps each Service's encoded answers between snapshots;
+                    // it moves to the blocking pool and back. A panic there costs the cache.
+                    let mut b = std::mem::replace(&mut builder, TableBuilder::new(cfg.clone()));
+                    let built = tokio::task::spawn_blocking(move || {
+                        let t = b.build(&snap);
+                        (b, t)
+                    })
+                    .await;
+                    if let Ok((b, t)) = built {
+                        builder = b;
                         tracing::debug!(
                             version = t.version,
                             names = t.names.len(),
@@ -282,6 +309,7 @@ impl UdpLoop {
                         request: req.to_vec(),
                         client,
                         socket: Arc::clone(&self.sock),
+                        started,
                     };
                     let sent = self
                         .forward

@@ -8,14 +8,16 @@
 //!
 //! Records follow the Kubernetes DNS-Based Service Discovery specification 1.1.0.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
-use svcplane_config::{Endpoint, Protocol, Service, ServiceType, Snapshot};
+use std::sync::Arc;
+
+use svcplane_config::{Endpoint, Protocol, Service, ServiceKey, ServiceType, Snapshot};
 
 /// What the table is built with.
 #[derive(Clone, Debug)]
@@ -68,9 +70,9 @@ pub struct Zone {
 pub struct NameEntry {
     pub zone: usize,
     /// (query type, complete response template).
-    pub answers: Vec<(u16, Box<[u8]>)>,
+    pub answers: Answers,
     /// ExternalName: the CNAME answer for every type without its own entry.
-    pub cname: Option<Box<[u8]>>,
+    pub cname: Option<Template>,
 }
 
 impl NameEntry {
@@ -133,12 +135,7 @@ impl DnsTable {
 
     /// Builds every answer of `snap`.
     pub fn build(snap: &Snapshot, cfg: &DnsConfig) -> DnsTable {
-        let mut b = Builder::new(cfg);
-        b.apex();
-        for svc in snap.services().values() {
-            b.service(svc);
-        }
-        b.finish(snap.version)
+        TableBuilder::new(cfg.clone()).build(snap)
     }
 }
 
@@ -176,11 +173,12 @@ type RecordSet = (Vec<Record>, Vec<Record>);
 struct Builder<'c> {
     cfg: &'c DnsConfig,
     svc_zone: Name,
-    /// name -> type -> records (+ additional records for SRV answers).
-    records: BTreeMap<Name, BTreeMap<RecordType, RecordSet>>,
-    cnames: BTreeMap<Name, Name>,
+    /// Lower-case wire name -> (name, type -> records + additional records). Keyed by
+    /// bytes: hashing them is far cheaper than ordering `Name`s label by label.
+    records: HashMap<Vec<u8>, (Name, BTreeMap<RecordType, RecordSet>)>,
+    cnames: HashMap<Vec<u8>, (Name, Name)>,
     /// Names that exist though they hold no records (empty non-terminals are added later).
-    exists: BTreeSet<Name>,
+    exists: HashSet<Vec<u8>>,
 }
 
 impl<'c> Builder<'c> {
@@ -189,21 +187,24 @@ impl<'c> Builder<'c> {
         Self {
             cfg,
             svc_zone,
-            records: BTreeMap::new(),
-            cnames: BTreeMap::new(),
-            exists: BTreeSet::new(),
+            records: HashMap::new(),
+            cnames: HashMap::new(),
+            exists: HashSet::new(),
         }
+    }
+
+    fn slot(&mut self, name: &Name, t: RecordType) -> &mut RecordSet {
+        self.records
+            .entry(wire(name))
+            .or_insert_with(|| (name.clone(), BTreeMap::new()))
+            .1
+            .entry(t)
+            .or_default()
     }
 
     fn add(&mut self, name: &Name, rdata: RData) {
         let rec = Record::from_rdata(name.clone(), self.cfg.ttl, rdata);
-        self.records
-            .entry(name.clone())
-            .or_default()
-            .entry(rec.record_type())
-            .or_default()
-            .0
-            .push(rec);
+        self.slot(name, rec.record_type()).0.push(rec);
     }
 
     fn add_address(&mut self, name: &Name, ip: IpAddr) {
@@ -229,23 +230,17 @@ impl<'c> Builder<'c> {
     fn apex(&mut self) {
         let zone = self.cfg.zone.clone();
         let soa = self.soa(&zone);
-        self.records
-            .entry(zone.clone())
-            .or_default()
-            .entry(RecordType::SOA)
-            .or_default()
-            .0
-            .push(soa);
+        self.slot(&zone, RecordType::SOA).0.push(soa);
         let ns_name = join("ns.dns", &zone).unwrap_or_else(|| zone.clone());
         self.add(&zone, RData::NS(NS(ns_name.clone())));
         for ip in self.cfg.ns_addrs.clone() {
             self.add_address(&ns_name, ip);
         }
-        self.exists.insert(ns_name);
+        self.exists.insert(wire(&ns_name));
         if let Some(v) = join("dns-version", &zone) {
             self.add(&v, RData::TXT(TXT::new(vec!["1.1.0".to_owned()])));
         }
-        self.exists.insert(self.svc_zone.clone());
+        self.exists.insert(wire(&self.svc_zone));
     }
 
     fn service(&mut self, svc: &Service) {
@@ -262,7 +257,7 @@ impl<'c> Builder<'c> {
                 n.set_fqdn(true);
                 Some(n)
             }) {
-                self.cnames.insert(base, target);
+                self.cnames.insert(wire(&base), (base, target));
             }
             return;
         }
@@ -283,7 +278,7 @@ impl<'c> Builder<'c> {
                 self.add_address(&base, ip);
                 self.add(&Name::from(ip), RData::PTR(PTR(base.clone())));
             }
-            self.exists.insert(base.clone());
+            self.exists.insert(wire(&base));
             for p in &def.ports {
                 let Some(name) = &p.name else { continue };
                 let Some(srv_name) = srv_name(name, p.protocol, &base) else {
@@ -292,7 +287,7 @@ impl<'c> Builder<'c> {
                 let additional = self.addresses_of(&base);
                 self.add_srv(
                     &srv_name,
-                    SRV::new(0, 100, p.port, base.clone()),
+                    Some(SRV::new(0, 100, p.port, base.clone())),
                     additional,
                 );
             }
@@ -301,7 +296,11 @@ impl<'c> Builder<'c> {
 
     fn headless(&mut self, svc: &Service, base: &Name, published: &[&Endpoint]) {
         let def = &svc.def;
+        // An endpoint may come twice (in two slices while they are being replaced) and a
+        // dual-stack Pod is one hostname with two addresses: every record goes in once.
         let mut seen = BTreeSet::new();
+        let mut seen_hosts = HashSet::new();
+        let mut seen_srvs = HashSet::new();
         for e in published {
             if seen.insert(e.ip) {
                 self.add_address(base, e.ip);
@@ -315,9 +314,12 @@ impl<'c> Builder<'c> {
             let Some(host_name) = join(&host, base) else {
                 continue;
             };
+            if !seen_hosts.insert((host.clone(), e.ip)) {
+                continue;
+            }
             self.add_address(&host_name, e.ip);
             self.add(&Name::from(e.ip), RData::PTR(PTR(host_name.clone())));
-            for p in &def.ports {
+            for (i, p) in def.ports.iter().enumerate() {
                 let Some(pname) = &p.name else { continue };
                 let Some(port) = e.port_for(Some(pname), p.protocol) else {
                     continue;
@@ -326,13 +328,17 @@ impl<'c> Builder<'c> {
                     continue;
                 };
                 let additional = vec![address_record(&host_name, e.ip, self.cfg.ttl)];
-                self.add_srv(&srv, SRV::new(0, 100, port, host_name.clone()), additional);
+                // One SRV per (port, hostname); each address of the host is additional.
+                let record = seen_srvs
+                    .insert((i, host.clone(), port))
+                    .then(|| SRV::new(0, 100, port, host_name.clone()));
+                self.add_srv(&srv, record, additional);
             }
         }
     }
 
     fn addresses_of(&self, name: &Name) -> Vec<Record> {
-        let Some(types) = self.records.get(name) else {
+        let Some((_, types)) = self.records.get(&wire(name)) else {
             return Vec::new();
         };
         [RecordType::A, RecordType::AAAA]
@@ -342,15 +348,14 @@ impl<'c> Builder<'c> {
             .collect()
     }
 
-    fn add_srv(&mut self, name: &Name, srv: SRV, additional: Vec<Record>) {
-        let rec = Record::from_rdata(name.clone(), self.cfg.ttl, RData::SRV(srv));
-        let slot = self
-            .records
-            .entry(name.clone())
-            .or_default()
-            .entry(RecordType::SRV)
-            .or_default();
-        slot.0.push(rec);
+    /// Adds the SRV record `srv` (if any) and the addresses of its target.
+    fn add_srv(&mut self, name: &Name, srv: Option<SRV>, additional: Vec<Record>) {
+        let ttl = self.cfg.ttl;
+        let slot = self.slot(name, RecordType::SRV);
+        if let Some(srv) = srv {
+            slot.0
+                .push(Record::from_rdata(name.clone(), ttl, RData::SRV(srv)));
+        }
         for a in additional {
             if !slot.1.contains(&a) {
                 slot.1.push(a);
@@ -358,9 +363,9 @@ impl<'c> Builder<'c> {
         }
     }
 
-    fn finish(mut self, version: u64) -> DnsTable {
-        // SRV weights: an equal share of 100 among the records of one name (CoreDNS's rule).
-        for types in self.records.values_mut() {
+    /// SRV weights: an equal share of 100 among the records of one name (CoreDNS's rule).
+    fn weigh_srv(&mut self) {
+        for (_, types) in self.records.values_mut() {
             if let Some((srvs, _)) = types.get_mut(&RecordType::SRV) {
                 let weight = u16::try_from(100 / srvs.len().max(1)).unwrap_or(1).max(1);
                 for r in srvs.iter_mut() {
@@ -370,8 +375,78 @@ impl<'c> Builder<'c> {
                 }
             }
         }
-        let zones_names = [
-            (ZoneKind::Cluster, self.cfg.zone.clone()),
+    }
+
+    /// The encoded answers of one Service (everything but PTRs, which several Services may
+    /// share, and an ExternalName's CNAME, whose target may be another Service).
+    fn fragment(cfg: &DnsConfig, svc: &Service) -> Fragment {
+        let mut b = Builder::new(cfg);
+        b.service(svc);
+        b.into_fragment()
+    }
+
+    fn into_fragment(mut self) -> Fragment {
+        self.weigh_srv();
+        let cluster = wire(&self.cfg.zone);
+        let mut f = Fragment {
+            exists: self.exists.into_iter().collect(),
+            cname: self.cnames.into_iter().next().map(|(w, (n, t))| (w, n, t)),
+            ..Fragment::default()
+        };
+        for (w, (n, types)) in self.records {
+            if is_subdomain(&w, &cluster) {
+                let answers = types
+                    .into_iter()
+                    .map(|(t, (answers, additional))| {
+                        (u16::from(t), template(&n, t, answers, additional))
+                    })
+                    .collect();
+                f.entries.push((w.into_boxed_slice(), answers));
+            } else {
+                for r in types.into_values().flat_map(|(a, _)| a) {
+                    if let RData::PTR(PTR(target)) = &r.data {
+                        let tpl = template(&n, RecordType::PTR, vec![r.clone()], Vec::new());
+                        f.ptrs
+                            .push((w.clone().into_boxed_slice(), n.clone(), target.clone(), tpl));
+                    }
+                }
+            }
+        }
+        f
+    }
+}
+
+/// The answers of one name: (query type, response template).
+pub type Answers = Vec<(u16, Template)>;
+
+/// What one Service contributes to the table, kept between builds.
+#[derive(Debug, Default)]
+struct Fragment {
+    /// Names the Service owns (all in the cluster zone), with their encoded answers.
+    entries: Vec<(Box<[u8]>, Answers)>,
+    /// Names that exist without records.
+    exists: Vec<Vec<u8>>,
+    /// Reverse names of the Service's addresses: (wire, name, target, the answer when no
+    /// other Service shares the address).
+    ptrs: Vec<(Box<[u8]>, Name, Name, Template)>,
+    /// ExternalName: (wire, name, target).
+    cname: Option<(Vec<u8>, Name, Name)>,
+}
+
+/// Builds tables snapshot after snapshot, re-encoding only the Services that changed (an
+/// unchanged Service is the same `Arc` in the next snapshot) and PTR names whose targets
+/// changed.
+#[derive(Debug)]
+pub struct TableBuilder {
+    cfg: DnsConfig,
+    zones: Vec<(ZoneKind, Name)>,
+    fragments: HashMap<ServiceKey, (Arc<Service>, Arc<Fragment>)>,
+}
+
+impl TableBuilder {
+    pub fn new(cfg: DnsConfig) -> Self {
+        let zones = vec![
+            (ZoneKind::Cluster, cfg.zone.clone()),
             (
                 ZoneKind::ReverseV4,
                 Name::from_ascii("in-addr.arpa.").unwrap_or_default(),
@@ -381,86 +456,181 @@ impl<'c> Builder<'c> {
                 Name::from_ascii("ip6.arpa.").unwrap_or_default(),
             ),
         ];
-        let zones: Vec<Zone> = zones_names
+        Self {
+            cfg,
+            zones,
+            fragments: HashMap::new(),
+        }
+    }
+
+    pub fn build(&mut self, snap: &Snapshot) -> DnsTable {
+        let apex = Builder::new(&self.cfg);
+        let zones: Vec<Zone> = self
+            .zones
             .iter()
-            .map(|(kind, apex)| {
-                let soa = self.soa(apex);
-                let full = wire_record(&soa);
-                let owner_len = wire(apex).len();
+            .map(|(kind, name)| {
+                let full = wire_record(&apex.soa(name));
+                let w = wire(name);
                 Zone {
                     kind: *kind,
-                    wire: wire(apex),
-                    soa_tail: full[owner_len..].to_vec(),
+                    soa_tail: full[w.len()..].to_vec(),
+                    wire: w,
                 }
             })
             .collect();
-        let zone_index =
-            |wire_name: &[u8]| zones.iter().position(|z| is_subdomain(wire_name, &z.wire));
-        // Every ancestor of a name inside a zone exists (empty non-terminals: NODATA).
-        let mut all: BTreeSet<Name> = self.records.keys().cloned().collect();
-        all.extend(self.cnames.keys().cloned());
-        all.extend(self.exists.iter().cloned());
-        let mut with_parents = BTreeSet::new();
-        for n in &all {
-            let mut cur = n.clone();
-            loop {
-                let w = wire(&cur);
-                if zone_index(&w).is_none() || !with_parents.insert(cur.clone()) {
-                    break;
-                }
-                if cur.num_labels() == 0 {
-                    break;
-                }
-                cur = cur.base_name();
-            }
-        }
-        let mut names: HashMap<Box<[u8]>, NameEntry> = HashMap::with_capacity(with_parents.len());
-        for n in with_parents {
-            let w = wire(&n);
-            let Some(zone) = zone_index(&w) else { continue };
-            let mut entry = NameEntry {
-                zone,
-                ..NameEntry::default()
-            };
-            if let Some(target) = self.cnames.get(&n) {
-                let cname = Record::from_rdata(
-                    n.clone(),
-                    self.cfg.ttl,
-                    RData::CNAME(CNAME(target.clone())),
+        let zone_index = |w: &[u8]| zones.iter().position(|z| is_subdomain(w, &z.wire));
+        let mut names: HashMap<Box<[u8]>, NameEntry> = HashMap::new();
+        let ptr_zone = |w: &[u8]| zone_index(w).unwrap_or(0);
+
+        let mut apex = apex;
+        apex.apex();
+        let apex = apex.into_fragment();
+        let mut fragments = HashMap::with_capacity(snap.services().len());
+        // Reverse names several Services contribute to: merged below.
+        let mut shared_ptrs: HashMap<Box<[u8]>, (Name, Vec<Name>)> = HashMap::new();
+        let mut cnames = Vec::new();
+        let mut add = |f: &Fragment, names: &mut HashMap<Box<[u8]>, NameEntry>| {
+            for (w, answers) in &f.entries {
+                names.insert(
+                    w.clone(),
+                    NameEntry {
+                        zone: 0,
+                        answers: answers.clone(),
+                        cname: None,
+                    },
                 );
-                // A target inside the cluster zone is chased here: its addresses follow.
-                for t in [RecordType::A, RecordType::AAAA] {
-                    let chased: Vec<Record> = self
-                        .records
-                        .get(target)
-                        .and_then(|types| types.get(&t))
-                        .map(|(r, _)| r.clone())
-                        .unwrap_or_default();
-                    if !chased.is_empty() {
-                        let mut answers = vec![cname.clone()];
-                        answers.extend(chased);
-                        entry
+            }
+            for w in &f.exists {
+                names.entry(w.as_slice().into()).or_default();
+            }
+            for (w, n, target, tpl) in &f.ptrs {
+                if let Some(shared) = shared_ptrs.get_mut(w) {
+                    shared.1.push(target.clone());
+                    continue;
+                }
+                let ptr = u16::from(RecordType::PTR);
+                match names.get(w) {
+                    Some(first) => {
+                        // A second Service at this address: remember both targets.
+                        let mut targets: Vec<Name> = first
                             .answers
-                            .push((u16::from(t), template(&n, t, answers, Vec::new())));
+                            .iter()
+                            .filter_map(|(_, t)| Message::from_vec(t).ok())
+                            .flat_map(|m| m.answers)
+                            .filter_map(|r| match r.data {
+                                RData::PTR(PTR(t)) => Some(t),
+                                _ => None,
+                            })
+                            .collect();
+                        targets.push(target.clone());
+                        shared_ptrs.insert(w.clone(), (n.clone(), targets));
+                    }
+                    None => {
+                        names.insert(
+                            w.clone(),
+                            NameEntry {
+                                zone: ptr_zone(w),
+                                answers: vec![(ptr, Arc::clone(tpl))],
+                                cname: None,
+                            },
+                        );
                     }
                 }
-                entry.cname = Some(template(&n, RecordType::CNAME, vec![cname], Vec::new()));
             }
-            if let Some(types) = self.records.get(&n) {
-                for (t, (answers, additional)) in types {
-                    entry.answers.push((
-                        u16::from(*t),
-                        template(&n, *t, answers.clone(), additional.clone()),
-                    ));
-                }
+            if let Some(c) = &f.cname {
+                cnames.push(c.clone());
             }
+        };
+        add(&apex, &mut names);
+        for (key, svc) in snap.services() {
+            let frag = match self.fragments.get(key) {
+                Some((old, f)) if Arc::ptr_eq(old, svc) => Arc::clone(f),
+                _ => Arc::new(Builder::fragment(&self.cfg, svc)),
+            };
+            add(&frag, &mut names);
+            fragments.insert(key.clone(), (Arc::clone(svc), frag));
+        }
+        self.fragments = fragments;
+
+        for (w, (n, targets)) in shared_ptrs {
+            let answers = targets
+                .into_iter()
+                .map(|t| Record::from_rdata(n.clone(), self.cfg.ttl, RData::PTR(PTR(t))))
+                .collect();
+            let tpl = template(&n, RecordType::PTR, answers, Vec::new());
+            let zone = ptr_zone(&w);
+            names.insert(
+                w,
+                NameEntry {
+                    zone,
+                    answers: vec![(u16::from(RecordType::PTR), tpl)],
+                    cname: None,
+                },
+            );
+        }
+
+        for (w, n, target) in cnames {
+            let entry = self.cname_entry(&n, &target, &names);
             names.insert(w.into_boxed_slice(), entry);
         }
+
+        // Every ancestor of a name inside a zone exists (empty non-terminals: NODATA).
+        let keys: Vec<Box<[u8]>> = names.keys().cloned().collect();
+        for w in keys {
+            let mut at = 1 + usize::from(w.first().copied().unwrap_or(0));
+            while at < w.len() {
+                let suffix = &w[at..];
+                if names.contains_key(suffix) {
+                    break;
+                }
+                let Some(zone) = zone_index(suffix) else {
+                    break;
+                };
+                names.insert(
+                    suffix.into(),
+                    NameEntry {
+                        zone,
+                        ..NameEntry::default()
+                    },
+                );
+                at += 1 + usize::from(w[at]);
+            }
+        }
         DnsTable {
-            version,
+            version: snap.version,
             zones,
             names,
         }
+    }
+
+    /// An ExternalName's entry: the CNAME for every type; for A/AAAA, a target inside the
+    /// cluster zone is chased and its addresses follow.
+    fn cname_entry(
+        &self,
+        n: &Name,
+        target: &Name,
+        names: &HashMap<Box<[u8]>, NameEntry>,
+    ) -> NameEntry {
+        let ttl = self.cfg.ttl;
+        let cname = Record::from_rdata(n.clone(), ttl, RData::CNAME(CNAME(target.clone())));
+        let mut entry = NameEntry::default();
+        let chase = names.get(wire(target).as_slice());
+        for t in [RecordType::A, RecordType::AAAA] {
+            let chased: Vec<Record> = chase
+                .and_then(|e| e.answers.iter().find(|(q, _)| *q == u16::from(t)))
+                .and_then(|(_, tpl)| Message::from_vec(tpl).ok())
+                .map(|m| m.answers)
+                .unwrap_or_default();
+            if !chased.is_empty() {
+                let mut answers = vec![cname.clone()];
+                answers.extend(chased);
+                entry
+                    .answers
+                    .push((u16::from(t), template(n, t, answers, Vec::new())));
+            }
+        }
+        entry.cname = Some(template(n, RecordType::CNAME, vec![cname], Vec::new()));
+        entry
     }
 }
 
@@ -495,17 +665,20 @@ fn wire_record(r: &Record) -> Vec<u8> {
     out
 }
 
+/// A complete response message, shared between tables.
+pub type Template = Arc<[u8]>;
+
 /// A complete NOERROR response for a lower-case question `name`/`qtype`, id 0, AA set.
 fn template(
     name: &Name,
     qtype: RecordType,
     answers: Vec<Record>,
     additional: Vec<Record>,
-) -> Box<[u8]> {
+) -> Template {
     let mut m = Message::new(0, MessageType::Response, OpCode::Query);
     m.metadata.authoritative = true;
     m.add_query(Query::query(name.clone(), qtype));
     m.add_answers(answers);
     m.add_additionals(additional);
-    m.to_vec().unwrap_or_default().into_boxed_slice()
+    Arc::from(m.to_vec().unwrap_or_default())
 }

@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use. Installed only when missing (needs root, as CI is).
-packages=(procps)  # kill(1), used to send SIGTERM in tests
+packages=(
+  procps          # kill(1), used to send SIGTERM in tests
+  bind9-dnsutils  # dig(1), the DNS client of tests/dns.rs
+)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -96,15 +96,6 @@ impl DnsServer {
         mut snapshots: watch::Receiver<Arc<Snapshot>>,
     ) -> Result<DnsServer, DnsError> {
         let table: Arc<ArcSwapOption<DnsTable>> = Arc::new(ArcSwapOption::empty());
-        let metrics = Arc::new(DnsMetrics::new(opts.listen));
-        let upstream = (!opts.upstreams.is_empty())
-            .then(|| Arc::new(Upstream::new(opts.upstreams.clone(), metrics.clone())));
-        let policy = Policy {
-            forward: upstream.is_some(),
-        };
-        let cancel = CancellationToken::new();
-        let mut tasks = tokio::task::JoinSet::new();
-
         // TCP first: binding port 0 picks the port UDP then shares.
         let tcp = tokio::net::TcpListener::bind(opts.listen)
             .await
@@ -114,6 +105,14 @@ impl DnsServer {
                 source,
             })?;
         let local = tcp.local_addr().unwrap_or(opts.listen);
+        let metrics = Arc::new(DnsMetrics::new(local));
+        let upstream = (!opts.upstreams.is_empty())
+            .then(|| Arc::new(Upstream::new(opts.upstreams.clone(), metrics.clone())));
+        let policy = Policy {
+            forward: upstream.is_some(),
+        };
+        let cancel = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
         let threads_n = match opts.udp_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, ResponseCode};
 use hickory_proto::rr::{RData, Record};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::DnsMetrics;
 use crate::server::{ForwardJob, servfail};
-use crate::wire::Transport;
+use crate::wire::{EDNS_PAYLOAD, Transport};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Cached answers live at most this long, whatever their TTL (CoreDNS's `cache 30`).
@@ -73,6 +73,8 @@ impl Upstream {
         cancel: CancellationToken,
     ) {
         let mut tasks = tokio::task::JoinSet::new();
+        // Forwarded UDP queries are counted here, when their answer is known.
+        let counters = self.metrics.thread_counters();
         loop {
             let job = tokio::select! {
                 () = cancel.cancelled() => break,
@@ -83,14 +85,17 @@ impl Upstream {
                 let mut out = Vec::new();
                 servfail(&job.request, &mut out);
                 let _ = job.socket.send_to(&out, job.client);
+                job.record(&counters, &out);
                 continue;
             };
             let me = Arc::clone(&self);
+            let counters = Arc::clone(&counters);
             tasks.spawn(async move {
                 let mut out = Vec::with_capacity(512);
                 me.forward(&job.request, Transport::Udp, &mut out).await;
                 if !out.is_empty() {
                     let _ = job.socket.send_to(&out, job.client);
+                    job.record(&counters, &out);
                 }
                 drop(permit);
             });
@@ -120,8 +125,17 @@ impl Upstream {
             Some(m) => Some(m),
             None => {
                 self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
-                let fetched = self.ask(&query).await;
-                if let Some(m) = &fetched {
+                let mut fetched = self.ask(&query).await;
+                if let Some(m) = &mut fetched {
+                    // Clients see at most the cache's lifetime, as a CoreDNS cache serves.
+                    for r in m
+                        .answers
+                        .iter_mut()
+                        .chain(m.authorities.iter_mut())
+                        .chain(m.additionals.iter_mut())
+                    {
+                        r.ttl = r.ttl.min(MAX_CACHE_TTL);
+                    }
                     self.store(key, m);
                 }
                 fetched
@@ -140,6 +154,14 @@ impl Upstream {
         answer.metadata.checking_disabled = query.metadata.checking_disabled;
         answer.metadata.recursion_available = true;
         answer.queries = query.queries.clone();
+        // Our OPT iff the client sent one, whatever the upstream (or the client that filled
+        // the cache) used.
+        answer.edns = query.edns.as_ref().map(|_| {
+            let mut e = Edns::new();
+            e.set_max_payload(EDNS_PAYLOAD);
+            e.set_dnssec_ok(dnssec_ok);
+            e
+        });
         let limit = match (transport, &query.edns) {
             (Transport::Tcp, _) => usize::from(u16::MAX),
             (Transport::Udp, None) => 512,
@@ -290,4 +312,125 @@ async fn tcp_exchange(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u
     let mut buf = vec![0u8; usize::from(u16::from_be_bytes(lenb))];
     s.read_exact(&mut buf).await?;
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests panic with context")]
+
+    use hickory_proto::op::{OpCode, Query};
+    use hickory_proto::rr::rdata::{A, SOA};
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn query(id: u16) -> Message {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(name("www.example.com."), RecordType::A));
+        m
+    }
+
+    fn answer(id: u16, ttls: &[u32]) -> Message {
+        let mut m = query(id).into_response();
+        for &ttl in ttls {
+            let a = RData::A(A::new(192, 0, 2, 1));
+            m.add_answer(Record::from_rdata(name("www.example.com."), ttl, a));
+        }
+        m
+    }
+
+    fn nxdomain(soa_ttl: u32, minimum: u32) -> Message {
+        let mut m = query(1).into_response();
+        m.metadata.response_code = ResponseCode::NXDomain;
+        let soa = SOA::new(name("ns.example."), name("h.example."), 1, 1, 1, 1, minimum);
+        m.add_authority(Record::from_rdata(
+            name("example.com."),
+            soa_ttl,
+            RData::SOA(soa),
+        ));
+        m
+    }
+
+    fn key() -> CacheKey {
+        CacheKey {
+            name: "www.example.com.".into(),
+            qtype: 1,
+            dnssec_ok: false,
+        }
+    }
+
+    fn upstream() -> Upstream {
+        let listen = "127.0.0.1:53".parse().unwrap();
+        Upstream::new(Vec::new(), Arc::new(DnsMetrics::new(listen)))
+    }
+
+    #[test]
+    fn cache_ttl_is_the_smallest_ttl_capped() {
+        assert_eq!(cache_ttl(&answer(1, &[60, 20, 40])), Some(20));
+        assert_eq!(cache_ttl(&answer(1, &[3600])), Some(MAX_CACHE_TTL));
+        assert_eq!(cache_ttl(&answer(1, &[0])), None, "TTL 0: not cached");
+        // Negative: the smaller of the SOA's TTL and its minimum (RFC 2308).
+        assert_eq!(cache_ttl(&nxdomain(10, 20)), Some(10));
+        assert_eq!(cache_ttl(&nxdomain(20, 7)), Some(7));
+        // NODATA without an SOA says nothing: not cached.
+        assert_eq!(cache_ttl(&answer(1, &[])), None);
+    }
+
+    #[test]
+    fn only_answers_to_our_question_are_valid() {
+        let q = query(7);
+        assert!(valid(&q, &answer(7, &[60]).to_vec().unwrap()).is_some());
+        assert!(
+            valid(&q, &answer(8, &[60]).to_vec().unwrap()).is_none(),
+            "id"
+        );
+        assert!(valid(&q, &q.to_vec().unwrap()).is_none(), "not a response");
+        let mut other = answer(7, &[60]);
+        other.queries[0].set_name(name("evil.example."));
+        assert!(valid(&q, &other.to_vec().unwrap()).is_none(), "question");
+        assert!(valid(&q, &[0, 7, 0x80]).is_none(), "garbage");
+    }
+
+    #[test]
+    fn the_cache_keeps_success_and_denial_but_not_failures() {
+        let up = upstream();
+        up.store(key(), &answer(1, &[60]));
+        assert_eq!(up.cached(&key()).unwrap().answers.len(), 1);
+        assert_eq!(up.metrics.cache_hits_success.load(Ordering::Relaxed), 1);
+
+        let up = upstream();
+        up.store(key(), &nxdomain(60, 60));
+        let m = up.cached(&key()).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(up.metrics.cache_hits_denial.load(Ordering::Relaxed), 1);
+
+        let up = upstream();
+        let mut fail = answer(1, &[60]);
+        fail.metadata.response_code = ResponseCode::ServFail;
+        up.store(key(), &fail);
+        let mut truncated = answer(1, &[60]);
+        truncated.metadata.truncation = true;
+        up.store(key(), &truncated);
+        assert!(up.cached(&key()).is_none());
+    }
+
+    #[test]
+    fn cached_entries_expire() {
+        let up = upstream();
+        up.store(key(), &answer(1, &[60]));
+        if let Ok(mut cache) = up.cache.lock() {
+            let e = cache.get_mut(&key()).unwrap();
+            // Stored 40 s ago: past the 30 s cap.
+            e.stored = Instant::now().checked_sub(Duration::from_secs(40)).unwrap();
+        }
+        assert!(up.cached(&key()).is_none());
+        assert!(
+            up.cache.lock().unwrap().is_empty(),
+            "an expired entry is removed"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use svcplane_config::{Loader, ParseOptions, ServiceType, Snapshot, TargetPort};
+use svcplane_config::{AllocOptions, Loader, ParseOptions, ServiceType, Snapshot, TargetPort};
 
 use crate::cli::{CheckArgs, CheckOutput};
 
@@ -11,7 +11,17 @@ pub(crate) fn main(args: CheckArgs) -> ExitCode {
     let opts = ParseOptions {
         node_port_range: args.nodeport_range,
     };
-    let mut loader = Loader::with_roots(args.paths.clone(), opts);
+    let alloc = AllocOptions {
+        service_cidrs: args.service_cidrs.clone(),
+        ..AllocOptions::default()
+    };
+    let mut loader = match Loader::with_allocation(args.paths.clone(), opts, alloc) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("svcplane check: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let snapshot = match loader.reload() {
         Ok(_) => loader.snapshot().clone(),
         Err(e) => {

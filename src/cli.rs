@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use svcplane_config::PortRange;
+use svcplane_config::{Cidr, PortRange};
 
 /// svcplane: one node-local daemon doing the jobs of kube-proxy and CoreDNS, driven by
 /// Service and EndpointSlice manifests.
@@ -78,14 +78,15 @@ pub(crate) struct RunArgs {
     /// YAML file carrying these flags (not part of this build yet: rejected when given).
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
-    /// Range ClusterIPs are allocated from (repeatable; allocation is not part of this
-    /// build yet).
+    /// Range ClusterIPs are allocated from for Services that state none (repeatable, one
+    /// per family) [default: 10.96.0.0/12, and fd00:10:96::/108 for IPv6].
     #[arg(long = "service-cidr", value_name = "CIDR")]
-    pub(crate) service_cidrs: Vec<String>,
-    /// Range of valid (and, later, allocated) nodePorts.
+    pub(crate) service_cidrs: Vec<Cidr>,
+    /// Range of valid and allocated nodePorts.
     #[arg(long, value_name = "LO-HI", default_value = "30000-32767")]
     pub(crate) nodeport_range: PortRange,
-    /// Directory for allocation state (allocation is not part of this build yet).
+    /// Directory of the allocation state file [default: $XDG_STATE_HOME/svcplane or
+    /// ~/.local/state/svcplane; /var/lib/svcplane as root].
     #[arg(long, value_name = "DIR")]
     pub(crate) state_dir: Option<PathBuf>,
     /// Log format.
@@ -102,10 +103,32 @@ impl RunArgs {
             ("--node-ip", !self.node_ips.is_empty()),
             ("--cgroup", self.cgroup.is_some()),
             ("--drain-timeout", self.drain_timeout.is_some()),
-            ("--service-cidr", !self.service_cidrs.is_empty()),
-            ("--state-dir", self.state_dir.is_some()),
         ];
         given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect()
+    }
+}
+
+impl RunArgs {
+    /// Where allocations persist: `--state-dir`, else the user's state directory, else
+    /// `/var/lib/svcplane` as root.
+    pub(crate) fn state_file(&self) -> PathBuf {
+        let dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
+        dir.join("allocations.v1")
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    let root = std::env::var_os("USER").is_some_and(|u| u == "root")
+        || std::env::var_os("HOME").is_some_and(|h| h == "/root");
+    if root {
+        return PathBuf::from("/var/lib/svcplane");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("svcplane");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/svcplane"),
+        None => PathBuf::from("/var/lib/svcplane"),
     }
 }
 
@@ -123,9 +146,13 @@ pub(crate) struct CheckArgs {
     /// Output format: `wide` lists every Service with its addresses, ports and endpoints.
     #[arg(short = 'o', long = "output", value_enum)]
     pub(crate) output: Option<CheckOutput>,
-    /// Range of valid nodePorts.
+    /// Range of valid and allocated nodePorts.
     #[arg(long, value_name = "LO-HI", default_value = "30000-32767")]
     pub(crate) nodeport_range: PortRange,
+    /// Range ClusterIPs are allocated from (repeatable, one per family) [default:
+    /// 10.96.0.0/12]. `check` allocates in memory and writes no state.
+    #[arg(long = "service-cidr", value_name = "CIDR")]
+    pub(crate) service_cidrs: Vec<Cidr>,
 }
 
 #[cfg(test)]

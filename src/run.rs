@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use svcplane_config::{Change, Loader, ManifestWatcher, ParseOptions, Snapshot, diff};
+use svcplane_config::{
+    AllocOptions, Change, Loader, ManifestWatcher, ParseOptions, Snapshot, diff,
+};
 use svcplane_dns::{DnsCollector, DnsConfig, DnsOptions, DnsServer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -69,8 +71,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--admin-listen {}: cannot bind", args.admin_listen))?;
     let admin_addr = listener.local_addr().unwrap_or(args.admin_listen);
-    let watcher = ManifestWatcher::start(Loader::new(&args.manifests, opts), QUIET_PERIOD)
-        .context("cannot watch manifests")?;
+    let state_file = args.state_file();
+    let alloc = AllocOptions {
+        service_cidrs: args.service_cidrs.clone(),
+        state_file: Some(state_file.clone()),
+        ..AllocOptions::default()
+    };
+    let loader = Loader::with_allocation(vec![args.manifests.clone()], opts, alloc)?;
+    let watcher = ManifestWatcher::start(loader, QUIET_PERIOD).context("cannot watch manifests")?;
     let dns = DnsServer::start(
         DnsOptions {
             listen: args.dns_listen,
@@ -95,6 +103,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         manifests = %args.manifests.display(),
         admin = %admin_addr,
         dns = %dns_addr,
+        state = %state_file.display(),
         mode = ?args.mode,
         "svcplane running"
     );

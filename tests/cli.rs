@@ -183,12 +183,17 @@ struct Daemon {
     child: Child,
     admin: SocketAddr,
     logs: mpsc::Receiver<String>,
+    /// Allocation state, removed with the daemon.
+    _state: tempfile::TempDir,
 }
 
 impl Daemon {
     fn start(manifests: &Path, extra: &[&str]) -> Daemon {
+        let state = tempfile::tempdir().unwrap();
         let mut child = Command::new(BIN)
             .args(["run", "--manifests", manifests.to_str().unwrap()])
+            .arg("--state-dir")
+            .arg(state.path())
             .args([
                 "--admin-listen",
                 "127.0.0.1:0",
@@ -214,6 +219,7 @@ impl Daemon {
             child,
             admin: "0.0.0.0:0".parse().unwrap(),
             logs,
+            _state: state,
         };
         let line = d.wait_log("svcplane running");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();

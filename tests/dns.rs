@@ -42,12 +42,17 @@ struct Daemon {
     admin: SocketAddr,
     dns: SocketAddr,
     _logs: mpsc::Receiver<String>,
+    /// Allocation state, removed with the daemon.
+    _state: tempfile::TempDir,
 }
 
 impl Daemon {
     fn start(manifests: &Path, extra: &[&str]) -> Daemon {
+        let state = tempfile::tempdir().unwrap();
         let mut child = Command::new(BIN)
             .args(["run", "--manifests", manifests.to_str().unwrap()])
+            .arg("--state-dir")
+            .arg(state.path())
             .args(["--mode", "none"])
             .args([
                 "--admin-listen",
@@ -90,6 +95,7 @@ impl Daemon {
             admin,
             dns,
             _logs: logs,
+            _state: state,
         }
     }
 

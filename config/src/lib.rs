@@ -11,13 +11,15 @@
 //! - [`diff`]: (Service, port)-granular changes between two snapshots;
 //! - [`loader`]: a directory tree (or one file) with a per-file parse cache, so a change
 //!   costs one file's parse plus the rebuild;
-//! - [`watch`]: a file watcher that publishes snapshots over `tokio::sync::watch`.
+//! - [`watch`]: a file watcher that publishes snapshots over `tokio::sync::watch`;
+//! - [`yaml`]: multi-document YAML -> `serde_json::Value`, straight from parser events.
 //!
 //! It must not: touch sockets, know about DNS wire formats or BPF maps, or install a
 //! tracing subscriber.
 
 #![forbid(unsafe_code)]
 
+pub mod alloc;
 pub mod diff;
 pub mod error;
 pub mod loader;
@@ -27,17 +29,19 @@ pub mod parse;
 mod resolver;
 pub mod snapshot;
 pub mod watch;
+pub mod yaml;
 
+pub use alloc::{AllocOptions, Cidr, StateError};
 pub use diff::{Change, SnapshotDiff, diff};
 pub use error::{ConfigError, LoadError, Warning};
 pub use loader::{Loader, ReloadStats};
 pub use model::{
-    Backend, Conditions, Endpoint, EndpointPort, EndpointSource, Frontend, Origin, PortRange,
-    Protocol, ServiceDef, ServiceKey, ServicePort, ServiceType, SessionAffinity, TargetPort,
-    TargetRef, TrafficPolicy,
+    Backend, Conditions, Endpoint, EndpointPort, EndpointSource, Frontend, IpFamily, Origin,
+    PortRange, Protocol, ServiceDef, ServiceKey, ServicePort, ServiceType, SessionAffinity,
+    TargetPort, TargetRef, TrafficPolicy,
 };
 pub use parse::{ParseOptions, ParsedFile, parse_file};
 pub use snapshot::{
-    Diagnostics, IpFamily, PortEndpoint, PortView, Service, ServicePortKey, Snapshot, TrafficScope,
+    Diagnostics, PortEndpoint, PortView, Service, ServicePortKey, Snapshot, TrafficScope,
 };
 pub use watch::{ManifestWatcher, WatchStats};

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::alloc::{AllocOptions, Allocator, StateError};
 use crate::error::{ConfigError, LoadError};
 use crate::parse::{ParseOptions, ParsedFile, parse_file};
 use crate::resolver::{FileChange, Resolver};
@@ -127,14 +128,36 @@ impl Loader {
         Self::with_roots(vec![root.into()], opts)
     }
 
-    /// A loader over several files or directories whose objects form one snapshot.
+    /// A loader over several files or directories whose objects form one snapshot, with
+    /// allocations kept in memory only.
     pub fn with_roots(roots: Vec<PathBuf>, opts: ParseOptions) -> Self {
+        let alloc = AllocOptions {
+            node_port_range: opts.node_port_range,
+            ..AllocOptions::default()
+        };
+        // Without a state file there is nothing to read, so this cannot fail.
+        let allocator = Allocator::new(alloc).unwrap_or_default();
+        Self::build(roots, opts, allocator)
+    }
+
+    /// A loader whose ClusterIP / nodePort allocations come from `alloc` (ranges and the
+    /// state file). Fails when the state file exists but cannot be read or parsed.
+    pub fn with_allocation(
+        roots: Vec<PathBuf>,
+        opts: ParseOptions,
+        mut alloc: AllocOptions,
+    ) -> Result<Self, StateError> {
+        alloc.node_port_range = opts.node_port_range;
+        Ok(Self::build(roots, opts, Allocator::new(alloc)?))
+    }
+
+    fn build(roots: Vec<PathBuf>, opts: ParseOptions, allocator: Allocator) -> Self {
         Self {
             roots,
             opts,
             files: BTreeMap::new(),
             current: Arc::new(Snapshot::default()),
-            resolver: Resolver::default(),
+            resolver: Resolver::new(allocator),
         }
     }
 

@@ -163,6 +163,24 @@ impl FromStr for PortRange {
 
 // === services ===
 
+/// Address family. A frontend only routes to endpoints of its family; a Service asks for
+/// ClusterIPs of its families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(ip: IpAddr) -> Self {
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum ServiceType {
     ClusterIP,
@@ -250,9 +268,12 @@ pub struct ServiceDef {
     pub key: ServiceKey,
     #[serde(rename = "type")]
     pub type_: ServiceType,
-    /// Empty for headless and ExternalName Services, and for Services whose manifest states
-    /// no address.
+    /// Empty for headless and ExternalName Services; filled by allocation for Services whose
+    /// manifest states none.
     pub cluster_ips: Vec<IpAddr>,
+    /// The families the Service wants ClusterIPs of, in order (`spec.ipFamilies` with
+    /// `spec.ipFamilyPolicy`; the families of explicit `clusterIPs`; else IPv4).
+    pub ip_families: Vec<IpFamily>,
     pub headless: bool,
     pub external_name: Option<Arc<str>>,
     pub external_ips: Vec<IpAddr>,

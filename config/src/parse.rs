@@ -19,8 +19,8 @@ use serde_json::Value;
 
 use crate::error::{ConfigError, Warning};
 use crate::model::{
-    Conditions, Endpoint, EndpointPort, Origin, PortRange, Protocol, ServiceDef, ServiceKey,
-    ServicePort, ServiceType, SessionAffinity, TargetPort, TargetRef, TrafficPolicy,
+    Conditions, Endpoint, EndpointPort, IpFamily, Origin, PortRange, Protocol, ServiceDef,
+    ServiceKey, ServicePort, ServiceType, SessionAffinity, TargetPort, TargetRef, TrafficPolicy,
 };
 use crate::names;
 
@@ -147,25 +147,19 @@ pub fn parse_file(file: &Arc<Path>, text: &str, opts: &ParseOptions) -> ParsedFi
             }
         }
     } else {
-        match serde_saphyr::from_multiple::<serde_saphyr::Spanned<Value>>(text) {
+        match crate::yaml::documents(text) {
             Ok(docs) => {
                 let index = DocIndex::new(text);
                 docs.into_iter()
-                    .map(|d| {
-                        let line = d.referenced.line() as usize;
-                        (index.document_of(line), line, d.value)
-                    })
+                    .map(|(line, value)| (index.document_of(line), line, value))
                     .collect()
             }
             Err(e) => {
                 out.syntax_ok = false;
-                let line = e.location().map(|l| l.line() as usize);
-                let msg = e.without_snippet().to_string();
-                let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
                 out.errors.push(ConfigError::file(
                     file,
-                    line,
-                    format!("not valid YAML: {msg}"),
+                    Some(e.line()),
+                    format!("not valid YAML: {e}"),
                 ));
                 return out;
             }
@@ -500,6 +494,7 @@ fn service_def(ctx: &mut Ctx<'_>, svc: core::Service, opts: &ParseOptions) -> Op
         }
     };
     let (cluster_ips, headless) = cluster_ips(ctx, &spec, type_);
+    let ip_families = ip_families(ctx, &spec, &cluster_ips);
     let external_name = match (type_, spec.external_name) {
         (ServiceType::ExternalName, Some(n)) => {
             ctx.check("spec.externalName", names::external_name(&n));
@@ -554,6 +549,7 @@ fn service_def(ctx: &mut Ctx<'_>, svc: core::Service, opts: &ParseOptions) -> Op
         key: ServiceKey { namespace, name },
         type_,
         cluster_ips,
+        ip_families,
         headless,
         external_name,
         external_ips,
@@ -614,6 +610,57 @@ fn cluster_ips(
         );
     }
     (ips, false)
+}
+
+/// The families a Service wants addresses of: `spec.ipFamilies` (one unless
+/// `spec.ipFamilyPolicy` asks for dual-stack), completed by the families of explicit
+/// `clusterIPs`; IPv4 when nothing says.
+fn ip_families(ctx: &mut Ctx<'_>, spec: &core::ServiceSpec, ips: &[IpAddr]) -> Vec<IpFamily> {
+    let mut fams: Vec<IpFamily> = Vec::new();
+    for (i, f) in spec.ip_families.iter().flatten().enumerate() {
+        match f.as_str() {
+            "IPv4" => fams.push(IpFamily::V4),
+            "IPv6" => fams.push(IpFamily::V6),
+            other => ctx.err(
+                format_args!("spec.ipFamilies[{i}]"),
+                format!("unsupported value {other:?}: must be IPv4 or IPv6"),
+            ),
+        }
+    }
+    let dual = match spec.ip_family_policy.as_deref().unwrap_or("SingleStack") {
+        "" | "SingleStack" => false,
+        "PreferDualStack" | "RequireDualStack" => true,
+        other => {
+            ctx.err(
+                "spec.ipFamilyPolicy",
+                format!(
+                    "unsupported value {other:?}: must be SingleStack, PreferDualStack or RequireDualStack"
+                ),
+            );
+            false
+        }
+    };
+    // Explicit addresses decide the first family.
+    for ip in ips.iter().rev() {
+        let f = IpFamily::of(*ip);
+        fams.retain(|x| *x != f);
+        fams.insert(0, f);
+    }
+    if fams.is_empty() {
+        fams.push(IpFamily::V4);
+    }
+    if dual && fams.len() == 1 {
+        let other = if fams[0] == IpFamily::V4 {
+            IpFamily::V6
+        } else {
+            IpFamily::V4
+        };
+        fams.push(other);
+    }
+    let keep = if dual { 2 } else { ips.len().max(1) };
+    fams.dedup();
+    fams.truncate(keep);
+    fams
 }
 
 fn service_ports(

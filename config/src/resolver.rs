@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::alloc::{Allocator, Materialized};
 use crate::error::ConfigError;
 use crate::model::{Origin, ServiceDef, ServiceKey};
 use crate::parse::{EndpointsDef, Object, ParsedFile, PodDef, SliceDef};
@@ -31,7 +32,7 @@ pub(crate) struct FileChange<'a> {
 /// prefers another.
 type Defs<T> = HashMap<ServiceKey, Vec<Arc<T>>>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Resolver {
     services: Defs<ServiceDef>,
     slices: Defs<SliceDef>,
@@ -51,6 +52,11 @@ pub(crate) struct Resolver {
     dup_errors: BTreeMap<(&'static str, ServiceKey), Vec<ConfigError>>,
     claim_errors: BTreeMap<ServiceKey, Vec<ConfigError>>,
     memo: HashMap<ServiceKey, Memo>,
+    /// ClusterIPs and nodePorts for manifests that state none.
+    alloc: Allocator,
+    /// (raw definition, the same with allocations) per Service, to keep `Arc` identity.
+    materialized: HashMap<ServiceKey, Materialized>,
+    alloc_errors: BTreeMap<ServiceKey, ConfigError>,
     /// The tables of the last snapshot, patched in place.
     tables: Snapshot,
 }
@@ -103,6 +109,28 @@ fn key(ns: &Arc<str>, name: &Arc<str>) -> ServiceKey {
 }
 
 impl Resolver {
+    pub(crate) fn new(alloc: Allocator) -> Self {
+        Resolver {
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            endpoints: HashMap::new(),
+            pods: HashMap::new(),
+            slice_groups: HashMap::new(),
+            pods_by_ns: HashMap::new(),
+            services_by_ns: HashMap::new(),
+            owner: HashMap::new(),
+            accepted: HashMap::new(),
+            rejected: BTreeSet::new(),
+            dup_errors: BTreeMap::new(),
+            claim_errors: BTreeMap::new(),
+            memo: HashMap::new(),
+            alloc,
+            materialized: HashMap::new(),
+            alloc_errors: BTreeMap::new(),
+            tables: Snapshot::default(),
+        }
+    }
+
     /// Applies file changes and returns the next snapshot.
     pub(crate) fn update(
         &mut self,
@@ -141,6 +169,16 @@ impl Resolver {
         diagnostics
             .errors
             .extend(self.claim_errors.values().flatten().cloned());
+        diagnostics
+            .errors
+            .extend(self.alloc_errors.values().cloned());
+        if let Err(e) = self.alloc.persist() {
+            diagnostics.errors.push(ConfigError::file(
+                &Arc::from(std::path::Path::new("allocation state")),
+                None,
+                e.to_string(),
+            ));
+        }
         let mut snap = self.tables.clone();
         snap.version = version;
         snap.diagnostics = Arc::new(diagnostics);
@@ -150,6 +188,7 @@ impl Resolver {
     fn add(&mut self, o: &Object, dirty: &mut Dirty) {
         match o {
             Object::Service(s) => {
+                self.explicit(s, true, dirty);
                 insert_def(&mut self.services, s.key.clone(), s, |d| &d.origin);
                 self.services_by_ns
                     .entry(s.key.namespace.clone())
@@ -190,6 +229,7 @@ impl Resolver {
     fn remove(&mut self, o: &Object, dirty: &mut Dirty) {
         match o {
             Object::Service(s) => {
+                self.explicit(s, false, dirty);
                 if remove_def(&mut self.services, &s.key, s)
                     && let Some(names) = self.services_by_ns.get_mut(&s.key.namespace)
                 {
@@ -231,6 +271,64 @@ impl Resolver {
                 dirty.dups.insert(("Pod", k));
             }
         }
+    }
+
+    /// Counts the addresses and nodePorts a manifest states; a Service holding one of them
+    /// by allocation must give it up (explicit values win), so it becomes dirty.
+    fn explicit(&mut self, def: &ServiceDef, add: bool, dirty: &mut Dirty) {
+        for ip in &def.cluster_ips {
+            let n = self.alloc.explicit_ips.entry(*ip).or_default();
+            *n = if add { *n + 1 } else { n.saturating_sub(1) };
+            if *n == 0 {
+                self.alloc.explicit_ips.remove(ip);
+            }
+            if let Some(holder) = self.alloc.ip_holder(ip) {
+                dirty.services.insert(holder.clone());
+            }
+        }
+        for np in def.ports.iter().filter_map(|p| p.node_port) {
+            let n = self.alloc.explicit_ports.entry(np).or_default();
+            *n = if add { *n + 1 } else { n.saturating_sub(1) };
+            if *n == 0 {
+                self.alloc.explicit_ports.remove(&np);
+            }
+            if let Some(holder) = self.alloc.port_holder(np) {
+                dirty.services.insert(holder.clone());
+            }
+        }
+    }
+
+    /// `raw` with its allocations (the same `Arc` as last time when nothing changed), or
+    /// `None` when the range is exhausted (the error is recorded).
+    fn materialize(&mut self, k: &ServiceKey, raw: Arc<ServiceDef>) -> Option<Arc<ServiceDef>> {
+        self.alloc_errors.remove(k);
+        let def = match self.alloc.materialize(&raw) {
+            Ok(None) => Arc::clone(&raw),
+            Ok(Some(d)) => match self.materialized.get(k) {
+                Some((_, m)) if **m == d => Arc::clone(m),
+                _ => Arc::new(d),
+            },
+            Err((field, reason)) => {
+                self.alloc.release(k);
+                self.materialized.remove(k);
+                self.alloc_errors.insert(
+                    k.clone(),
+                    ConfigError {
+                        file: raw.origin.file.clone(),
+                        document: Some(raw.origin.document),
+                        line: Some(raw.origin.line),
+                        kind: Some("Service".into()),
+                        object: Some(k.to_string()),
+                        field: Some(field),
+                        reason,
+                        other: None,
+                    },
+                );
+                return None;
+            }
+        };
+        self.materialized.insert(k.clone(), (raw, Arc::clone(&def)));
+        Some(def)
     }
 
     /// A slice definition came or went: its key's duplicates and every group any of its
@@ -304,21 +402,34 @@ impl Resolver {
                 released.insert(k.clone(), def);
             }
         }
+        // Earlier rejects (conflicts, full ranges) are retried: they may fit now.
         let mut candidates: Vec<(u8, ServiceKey, Option<Arc<ServiceDef>>)> = dirty
             .iter()
             .chain(self.rejected.iter())
+            .chain(self.alloc_errors.keys())
             .collect::<BTreeSet<_>>()
             .into_iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter()
             .map(|k| {
-                let def = self.chosen_service(k);
+                let def = match self.chosen_service(&k) {
+                    Some(raw) => self.materialize(&k, raw),
+                    None => {
+                        self.alloc.release(&k);
+                        self.materialized.remove(&k);
+                        self.alloc_errors.remove(&k);
+                        None
+                    }
+                };
                 // What ran unchanged goes first, then edits of what ran, then newcomers:
                 // neither an edit nor an addition displaces a Service that still works.
-                let rank = match (released.get(k), &def) {
+                let rank = match (released.get(&k), &def) {
                     (Some(old), Some(d)) if Arc::ptr_eq(old, d) || old.same_spec(d) => 0,
                     (Some(_), _) => 1,
                     (None, _) => 2,
                 };
-                (rank, k.clone(), def)
+                (rank, k, def)
             })
             .collect();
         candidates.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::error::{ConfigError, Warning};
 use crate::model::{
-    Backend, Conditions, Endpoint, EndpointPort, EndpointSource, Frontend, Protocol, ServiceDef,
-    ServiceKey, ServiceType, SessionAffinity, TargetPort, TrafficPolicy,
+    Backend, Conditions, Endpoint, EndpointPort, EndpointSource, Frontend, IpFamily, Protocol,
+    ServiceDef, ServiceKey, ServiceType, SessionAffinity, TargetPort, TrafficPolicy,
 };
 use crate::parse::{EndpointsDef, PodDef, SliceDef};
 
@@ -69,23 +69,6 @@ pub struct PortView {
 pub enum TrafficScope {
     Internal,
     External,
-}
-
-/// Address family of a frontend; a frontend only routes to endpoints of its family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IpFamily {
-    V4,
-    V6,
-}
-
-impl IpFamily {
-    pub fn of(ip: IpAddr) -> Self {
-        if ip.is_ipv4() {
-            IpFamily::V4
-        } else {
-            IpFamily::V6
-        }
-    }
 }
 
 impl PortView {

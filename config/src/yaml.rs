@@ -22,10 +22,12 @@
 //!   anchors, and so on. That budget is also what stops alias bombs and deep nesting before
 //!   any recursion here.
 //!
-//! Each document is read into a small arena of nodes first (an alias is a second reference to
-//! the anchored node, not a copy) and then converted. Conversion is lazy in the same places as
-//! serde-saphyr's: a merged entry overridden by an explicit key is never converted, so its
-//! errors never surface.
+//! Values are built as events arrive, in serde-saphyr's order, so the first error it would
+//! report is the one reported here. Nodes that may be read again are also kept in a small
+//! arena: anchored content (an alias is a second reference to it, not a copy), and collection
+//! keys and merge values, which are judged whole. Merged entries are converted lazily, as in
+//! serde-saphyr: one overridden by an explicit key is never converted, so its errors never
+//! surface.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -92,7 +94,7 @@ struct Pos {
 }
 
 /// serde-saphyr's classification of an explicit tag (`SfTag`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum TagKind {
     None,
     Int,
@@ -125,26 +127,43 @@ enum NodeKind {
 
 type NodeId = u32;
 
+/// A scalar as the parser gave it.
+#[derive(Clone, Debug)]
+struct Scalar<'a> {
+    value: Cow<'a, str>,
+    style: ScalarStyle,
+    tag: TagKind,
+    /// The text of a custom (`TagKind::Other`) tag: it tells keys apart.
+    custom: Option<Box<str>>,
+}
+
+/// A node kept for later: anchored content (aliases read it again), and collection keys and
+/// merge values, which serde-saphyr reads whole before it judges them.
+#[derive(Debug)]
 struct Node<'a> {
     pos: Pos,
     data: Data<'a>,
 }
 
+#[derive(Debug)]
 enum Data<'a> {
-    Scalar {
-        value: Cow<'a, str>,
-        style: ScalarStyle,
-        tag: TagKind,
-        /// For `TagKind::Other`: 1 + index of the tag's text in `Reader::custom_tags`.
-        custom: u32,
+    Scalar(Scalar<'a>),
+    /// `len` children at `first` in `Reader::kids`; `custom`: the tag that sets it apart
+    /// as a key (see `container_tag`).
+    Seq {
+        first: u32,
+        len: u32,
+        custom: Option<Box<str>>,
     },
-    /// `len` children at `first` in `Reader::kids`.
-    Seq { first: u32, len: u32 },
     /// `len` children (key, value, key, value...) at `first` in `Reader::kids`.
-    Map { first: u32, len: u32 },
+    Map {
+        first: u32,
+        len: u32,
+        custom: Option<Box<str>>,
+    },
     /// An alias to an anchor whose node is still open: only weak pointers could hold it, so
     /// it is an error wherever it is used.
-    Recursive,
+    Recursive(usize),
 }
 
 /// What replaying a node through an alias costs, counted as serde-saphyr's budget counts
@@ -184,69 +203,136 @@ struct Budget {
     recorded_bytes: u64,
 }
 
+/// Where a node sits, which decides how it is read (as serde-saphyr reads it there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// The root, a sequence item or a mapping value: converted as it is read.
+    Value,
+    /// A mapping key.
+    Key,
+    /// The value of a `<<` key.
+    Merge,
+    /// An item of a sequence that is the value of a `<<` key.
+    MergeItem,
+    /// Inside a node kept whole (a collection key, a merge value).
+    Kept,
+}
+
+/// What an open collection builds.
+#[derive(Debug)]
+enum Build<'a> {
+    Seq(Vec<Value>),
+    Map(MapBuild<'a>),
+    /// A sequence of merge values: the entries of its items so far.
+    MergeSeq(Vec<[NodeId; 2]>),
+    /// A collection kept whole, sitting in this slot.
+    Kept(Slot),
+}
+
+#[derive(Debug, Default)]
+struct MapBuild<'a> {
+    map: Map<String, Value>,
+    seen: Seen<'a>,
+    /// Entries of `<<` values, merged when the mapping ends.
+    merged: Vec<[NodeId; 2]>,
+    /// What the next node is the value of (`None`: the next node is a key).
+    key: Option<Pending>,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Key(String),
+    Merge,
+}
+
 /// A sequence or mapping whose end has not been read yet.
 #[derive(Debug)]
-struct Open {
-    node: NodeId,
+struct Open<'a> {
     map: bool,
-    /// Where this container's children start in `Reader::pending`.
+    pos: Pos,
+    build: Build<'a>,
+    /// Its node, when it is kept (anchored, or inside something kept).
+    node: Option<NodeId>,
+    /// Tag that sets it apart as a key, for its node.
+    custom: Option<Box<str>>,
+    /// Where its kept children start in `Reader::pending`.
     first: usize,
+    children: u32,
     anchor: usize,
-    /// Height of the tallest child container (0: none).
+    /// Height of the tallest child collection (0: none).
     height: usize,
-    /// `Reader::recorded` before this container started (read when it is anchored).
+    /// `Reader::recorded` before this collection started (read when it is anchored).
     recorded_before: Cost,
     /// Children that advanced serde-saphyr's budget key/value tracking, which a live
     /// recursive alias does not: parity says whether the budget sees the next node as a key.
     toggles: u32,
 }
 
-/// Turns the event stream into per-document node arenas, enforcing the budget as it goes,
-/// and converts each document when it ends.
-#[derive(Default)]
+/// What a finished node gives its parent.
+#[derive(Debug)]
+enum Done<'a> {
+    Value(Value),
+    Key(Scalar<'a>, Pos),
+    Merged(Vec<[NodeId; 2]>),
+    /// Nothing: the node is only kept (or was a skipped null document).
+    Nothing,
+}
+
+/// Reads the event stream: converts documents as their nodes arrive (so errors surface in
+/// the order serde-saphyr finds them), keeps the nodes that may be needed again, and
+/// enforces the budget.
+#[derive(Debug, Default)]
 struct Reader<'a> {
     nodes: Vec<Node<'a>>,
     kids: Vec<NodeId>,
-    custom_tags: Vec<String>,
-    /// Children of the open containers, innermost last.
+    /// Kept children of the open kept collections, innermost last.
     pending: Vec<NodeId>,
-    open: Vec<Open>,
-    root: Option<NodeId>,
+    open: Vec<Open<'a>>,
+    /// Open collections of `Build::Kept`: everything inside them is kept.
+    kept: usize,
     anchors: HashMap<usize, Anchor>,
-    /// Replay cost of every node event read so far; an anchored container's cost is the
+    /// Replay cost of every node event read so far; an anchored collection's cost is the
     /// difference between its end and its start.
     recorded: Cost,
-    /// Anchored containers open now: each event is retained once per open anchor.
+    /// Anchored collections open now: each event is retained once per open anchor.
     frames: u64,
     /// Events replayed by aliases in the current document.
     replayed: u64,
     budget: Budget,
     /// Position of the last event (errors found at the end are reported there).
     last: Pos,
+    root_line: usize,
     docs: Vec<(usize, Value)>,
 }
 
-/// Duplicate-key identity of a mapping key (serde-saphyr's `KeyFingerprint` for scalars).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Fingerprint<'d> {
-    Int { negative: bool, magnitude: u128 },
-    Str(&'d str),
-    Custom { tag: &'d str, value: &'d str },
-    Tagged(TagKind, &'d str),
+/// Duplicate-key identity of a mapping key (serde-saphyr's `KeyFingerprint`). Collection
+/// keys only matter inside merge values, where they are compared before they are rejected.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Fingerprint<'a> {
+    Int {
+        negative: bool,
+        magnitude: u128,
+    },
+    Str(Cow<'a, str>),
+    Custom(Box<str>, Cow<'a, str>),
+    Tagged(TagKind, Cow<'a, str>),
+    Recursive(usize),
+    Seq(Option<Box<str>>, Vec<Fingerprint<'a>>),
+    /// Entries sorted: a mapping is a set of entries.
+    Map(Option<Box<str>>, Vec<(Fingerprint<'a>, Fingerprint<'a>)>),
 }
 
 /// Keys seen in one mapping: a short list first, a hash set for big mappings.
-#[derive(Default)]
-struct Seen<'d> {
-    few: Vec<Fingerprint<'d>>,
-    many: HashSet<Fingerprint<'d>>,
+#[derive(Debug, Default)]
+struct Seen<'a> {
+    few: Vec<Fingerprint<'a>>,
+    many: HashSet<Fingerprint<'a>>,
 }
 
-/// Read-only view of one document's arena, for conversion.
+/// Read-only view of the kept nodes, for converting them.
 struct Doc<'r, 'a> {
     nodes: &'r [Node<'a>],
     kids: &'r [NodeId],
-    custom_tags: &'r [String],
 }
 
 // === impl YamlError ===
@@ -487,86 +573,125 @@ impl<'a> Reader<'a> {
                     "documents",
                     pos,
                 )?;
-                self.end_document()
+                self.reset_document();
+                Ok(())
             }
-            Event::DocumentEnd | Event::StreamEnd => self.end_document(),
-            Event::StreamStart => Ok(()),
+            Event::DocumentEnd | Event::StreamStart | Event::StreamEnd => {
+                self.reset_document();
+                Ok(())
+            }
             _ => Err(YamlError::at(pos, "unsupported YAML event")),
         }
     }
 
     /// Checks what can only be judged at the end of the input and returns the documents.
-    fn finish(mut self) -> Result<Vec<(usize, Value)>, YamlError> {
-        self.end_document()?;
+    fn finish(self) -> Result<Vec<(usize, Value)>, YamlError> {
         let b = &self.budget;
         if b.aliases >= RATIO_MIN_ALIASES
             && b.aliases > RATIO_ALIASES_PER_ANCHOR.saturating_mul(b.anchors)
         {
-            return Err(YamlError::at(
-                self.last,
-                format!(
-                    "YAML budget exceeded: {} aliases for {} anchors",
-                    b.aliases, b.anchors
-                ),
-            ));
+            let message = format!(
+                "YAML budget exceeded: {} aliases for {} anchors",
+                b.aliases, b.anchors
+            );
+            return Err(YamlError::at(self.last, message));
         }
         Ok(self.docs)
     }
 
-    /// Converts the document just read (unless its root is null) and starts afresh: anchors
-    /// do not carry across documents.
-    fn end_document(&mut self) -> Result<(), YamlError> {
-        if let Some(root) = self.root.take() {
-            let doc = Doc {
-                nodes: &self.nodes,
-                kids: &self.kids,
-                custom_tags: &self.custom_tags,
-            };
-            if let Some(entry) = doc.document(root)? {
-                self.docs.push(entry);
-            }
-        }
+    /// Anchors do not carry across documents.
+    fn reset_document(&mut self) {
         self.nodes.clear();
         self.kids.clear();
-        self.custom_tags.clear();
         self.pending.clear();
         self.open.clear();
         self.anchors.clear();
+        self.kept = 0;
         self.frames = 0;
         self.replayed = 0;
-        Ok(())
+    }
+
+    fn doc(&self) -> Doc<'_, 'a> {
+        Doc {
+            nodes: &self.nodes,
+            kids: &self.kids,
+        }
+    }
+
+    /// How the next node is read.
+    fn slot(&self) -> Slot {
+        match self.open.last().map(|o| &o.build) {
+            None | Some(Build::Seq(_)) => Slot::Value,
+            Some(Build::Map(m)) => match m.key {
+                None => Slot::Key,
+                Some(Pending::Key(_)) => Slot::Value,
+                Some(Pending::Merge) => Slot::Merge,
+            },
+            Some(Build::MergeSeq(_)) => Slot::MergeItem,
+            Some(Build::Kept(_)) => Slot::Kept,
+        }
     }
 
     /// Whether the next node is a key: as the document's structure says, and as
     /// serde-saphyr's budget tracking believes.
     fn key_slot(&self) -> (bool, bool) {
         match self.open.last() {
-            Some(o) if o.map => (
-                (self.pending.len() - o.first).is_multiple_of(2),
-                o.toggles.is_multiple_of(2),
-            ),
+            Some(o) if o.map => (o.children.is_multiple_of(2), o.toggles.is_multiple_of(2)),
             _ => (false, false),
         }
     }
 
-    fn toggle(&mut self) {
+    /// Counts a new child of the innermost collection; `toggle`: one the budget's key/value
+    /// tracking sees.
+    fn add_child(&mut self, toggle: bool) {
         if let Some(o) = self.open.last_mut() {
-            o.toggles = o.toggles.wrapping_add(1);
+            o.children = o.children.wrapping_add(1);
+            if toggle {
+                o.toggles = o.toggles.wrapping_add(1);
+            }
         }
     }
 
-    fn push(&mut self, pos: Pos, data: Data<'a>) -> Result<NodeId, YamlError> {
+    /// Keeps a node; it becomes a child of the innermost collection when that is kept.
+    fn keep(&mut self, pos: Pos, data: Data<'a>) -> Result<NodeId, YamlError> {
         let id = NodeId::try_from(self.nodes.len()).map_err(|_| YamlError::internal(pos))?;
         self.nodes.push(Node { pos, data });
+        self.attach(id);
         Ok(id)
     }
 
     fn attach(&mut self, id: NodeId) {
-        if self.open.is_empty() {
-            self.root = Some(id);
-        } else {
+        if self.open.last().is_some_and(|o| o.node.is_some()) {
             self.pending.push(id);
         }
+    }
+
+    /// Gives a finished node to its parent (or, at the root, to the documents).
+    fn deliver(&mut self, done: Done<'a>, pos: Pos) -> Result<(), YamlError> {
+        let Some(parent) = self.open.last_mut() else {
+            if let Done::Value(v) = done {
+                self.docs.push((self.root_line, v));
+            }
+            return Ok(());
+        };
+        match (&mut parent.build, done) {
+            (Build::Seq(items), Done::Value(v)) => items.push(v),
+            (Build::Map(m), Done::Value(v)) => match m.key.take() {
+                Some(Pending::Key(key)) => {
+                    m.map.insert(key, v);
+                }
+                _ => return Err(YamlError::internal(pos)),
+            },
+            (Build::Map(m), Done::Key(scalar, pos)) => m.key(scalar, pos)?,
+            (Build::Map(m), Done::Merged(entries)) => {
+                m.merged.extend(entries);
+                m.key = None;
+            }
+            (Build::MergeSeq(all), Done::Merged(entries)) => all.extend(entries),
+            (Build::Kept(_), Done::Nothing) => {}
+            _ => return Err(YamlError::internal(pos)),
+        }
+        Ok(())
     }
 
     /// Charges anchor retention: every event is copied into each open anchor's recording.
@@ -599,7 +724,54 @@ impl<'a> Reader<'a> {
         pos: Pos,
     ) -> Result<(), YamlError> {
         let tag = tag.as_deref();
-        let kind = tag.map_or(TagKind::None, TagKind::of);
+        let scalar = Scalar {
+            tag: tag.map_or(TagKind::None, TagKind::of),
+            custom: tag
+                .filter(|t| TagKind::of(t) == TagKind::Other)
+                .map(|t| t.to_string().into_boxed_str()),
+            value,
+            style,
+        };
+        let cost = self.charge_scalar(&scalar, anchor, tag, pos)?;
+        let slot = self.slot();
+        self.add_child(true);
+        let root = self.open.is_empty();
+        if root {
+            self.root_line = pos.line as usize;
+        }
+        let kept = (self.kept > 0 || self.frames > 0 || anchor != 0).then(|| scalar.clone());
+        let (value, style, tag) = (scalar.value.as_ref(), scalar.style, scalar.tag);
+        let done = match slot {
+            // serde-saphyr skips null documents, but keeps custom-tagged ones.
+            Slot::Value if root && tag != TagKind::Other && is_null(tag, value, style) => {
+                Done::Nothing
+            }
+            Slot::Value => Done::Value(convert(&scalar, pos)?),
+            Slot::Key => Done::Key(scalar, pos),
+            Slot::Merge | Slot::MergeItem if is_null(tag, value, style) => Done::Merged(Vec::new()),
+            Slot::Merge | Slot::MergeItem => return Err(not_mergeable(pos)),
+            Slot::Kept => Done::Nothing,
+        };
+        if let Some(kept) = kept {
+            let node = self.keep(pos, Data::Scalar(kept))?;
+            if anchor != 0 {
+                let height = 0;
+                self.anchors
+                    .insert(anchor, Anchor::Done { node, cost, height });
+            }
+        }
+        self.deliver(done, pos)
+    }
+
+    /// The budget's view of a scalar read from the input; returns its replay cost.
+    fn charge_scalar(
+        &mut self,
+        scalar: &Scalar<'a>,
+        anchor: usize,
+        tag: Option<&Tag>,
+        pos: Pos,
+    ) -> Result<Cost, YamlError> {
+        let (value, style, kind) = (scalar.value.as_ref(), scalar.style, scalar.tag);
         let len = value.len() as u64;
         let (key, budget_key) = self.key_slot();
         let b = &mut self.budget;
@@ -619,10 +791,9 @@ impl<'a> Reader<'a> {
         if budget_key && value == "<<" && (kind == TagKind::Merge || tag.is_none() && plain) {
             charge(&mut b.merge_keys, 1, MAX_MERGE_KEYS, "merge keys", pos)?;
         }
-        self.toggle();
         check_tag(kind, tag, NodeKind::Scalar, pos)?;
 
-        let owned = if matches!(value, Cow::Owned(_)) {
+        let owned = if matches!(scalar.value, Cow::Owned(_)) {
             len
         } else {
             0
@@ -642,37 +813,10 @@ impl<'a> Reader<'a> {
             merge_keys: 0,
         };
         self.recorded = self.recorded.plus(cost);
-        if key && replayed_merge_key(&value, style, kind) {
+        if key && replayed_merge_key(value, style, kind) {
             self.recorded.merge_keys += 1;
         }
-
-        let custom = match (kind, tag) {
-            (TagKind::Other, Some(t)) => {
-                self.custom_tags.push(t.to_string());
-                u32::try_from(self.custom_tags.len()).map_err(|_| YamlError::internal(pos))?
-            }
-            _ => 0,
-        };
-        let data = Data::Scalar {
-            value,
-            style,
-            tag: kind,
-            custom,
-        };
-        let id = self.push(pos, data)?;
-        self.attach(id);
-        if anchor != 0 {
-            let height = 0;
-            self.anchors.insert(
-                anchor,
-                Anchor::Done {
-                    node: id,
-                    cost,
-                    height,
-                },
-            );
-        }
-        Ok(())
+        Ok(cost)
     }
 
     fn start(
@@ -682,13 +826,65 @@ impl<'a> Reader<'a> {
         tag: Option<Cow<'a, Tag>>,
         pos: Pos,
     ) -> Result<(), YamlError> {
+        let recorded_before = self.recorded;
         let tag = tag.as_deref();
+        self.charge_start(map, anchor, tag, pos)?;
+        let slot = self.slot();
+        self.add_child(true);
+        if self.open.is_empty() {
+            self.root_line = pos.line as usize;
+        }
+        let build = match (slot, map) {
+            (Slot::Value, false) => Build::Seq(Vec::new()),
+            (Slot::Value, true) => Build::Map(MapBuild::default()),
+            (Slot::Merge, false) => Build::MergeSeq(Vec::new()),
+            (slot, _) => Build::Kept(slot),
+        };
+        if matches!(build, Build::Kept(_)) {
+            self.kept += 1;
+        }
+        let node = if self.kept > 0 || self.frames > 0 {
+            let placeholder = Data::Seq {
+                first: 0,
+                len: 0,
+                custom: None,
+            };
+            Some(self.keep(pos, placeholder)?)
+        } else {
+            None
+        };
+        if anchor != 0 {
+            self.anchors.insert(anchor, Anchor::Open);
+        }
+        self.open.push(Open {
+            map,
+            pos,
+            build,
+            node,
+            custom: node.and(tag).and_then(|t| container_tag(t, map)),
+            first: self.pending.len(),
+            children: 0,
+            anchor,
+            height: 0,
+            recorded_before,
+            toggles: 0,
+        });
+        Ok(())
+    }
+
+    /// The budget's view of a collection start read from the input.
+    fn charge_start(
+        &mut self,
+        map: bool,
+        anchor: usize,
+        tag: Option<&Tag>,
+        pos: Pos,
+    ) -> Result<(), YamlError> {
         let kind = tag.map_or(TagKind::None, TagKind::of);
         let b = &mut self.budget;
         charge(&mut b.nodes, 1, MAX_NODES, "nodes", pos)?;
         if self.open.len() >= MAX_DEPTH {
-            let message = format!("YAML budget exceeded: nesting deeper than {MAX_DEPTH}");
-            return Err(YamlError::at(pos, message));
+            return Err(too_deep(pos));
         }
         let what = "bytes of scalars";
         charge(
@@ -701,40 +897,22 @@ impl<'a> Reader<'a> {
         if anchor != 0 {
             charge(&mut b.anchors, 1, MAX_ANCHORS, "anchors", pos)?;
         }
-        self.toggle();
         let node = if map {
             NodeKind::Mapping
         } else {
             NodeKind::Sequence
         };
         check_tag(kind, tag, node, pos)?;
-
         if anchor != 0 {
             self.frames += 1;
         }
         let copies = self.frames;
         self.retain(copies, copies.saturating_mul(tag_len(tag)), pos)?;
-        let recorded_before = self.recorded;
         self.recorded = self.recorded.plus(Cost {
             events: 1,
             nodes: 1,
             owned_bytes: tag_len(tag),
             ..Cost::default()
-        });
-
-        let id = self.push(pos, Data::Seq { first: 0, len: 0 })?;
-        self.attach(id);
-        if anchor != 0 {
-            self.anchors.insert(anchor, Anchor::Open);
-        }
-        self.open.push(Open {
-            node: id,
-            map,
-            first: self.pending.len(),
-            anchor,
-            height: 0,
-            recorded_before,
-            toggles: 0,
         });
         Ok(())
     }
@@ -748,36 +926,52 @@ impl<'a> Reader<'a> {
         }
         self.retain(self.frames, 0, pos)?;
         self.recorded.events += 1;
-
-        let first = u32::try_from(self.kids.len()).map_err(|_| YamlError::internal(pos))?;
-        self.kids.extend(self.pending.drain(open.first..));
-        let len = u32::try_from(self.kids.len()).map_err(|_| YamlError::internal(pos))? - first;
-        let data = if map {
-            Data::Map { first, len }
-        } else {
-            Data::Seq { first, len }
-        };
-        let node = self
-            .nodes
-            .get_mut(open.node as usize)
-            .ok_or_else(|| YamlError::internal(pos))?;
-        node.data = data;
-
+        if let Some(id) = open.node {
+            let to_u32 = |n: usize| u32::try_from(n).map_err(|_| YamlError::internal(pos));
+            let first = to_u32(self.kids.len())?;
+            self.kids.extend(self.pending.drain(open.first..));
+            let len = to_u32(self.kids.len())? - first;
+            let node = self
+                .nodes
+                .get_mut(id as usize)
+                .ok_or_else(|| YamlError::internal(pos))?;
+            let custom = open.custom;
+            node.data = if map {
+                Data::Map { first, len, custom }
+            } else {
+                Data::Seq { first, len, custom }
+            };
+        }
         let height = open.height + 1;
         if let Some(parent) = self.open.last_mut() {
             parent.height = parent.height.max(height);
         }
         if open.anchor != 0 {
             self.frames = self.frames.saturating_sub(1);
+            let node = open.node.ok_or_else(|| YamlError::internal(pos))?;
             let cost = self.recorded.minus(open.recorded_before);
-            let done = Anchor::Done {
-                node: open.node,
-                cost,
-                height,
-            };
+            let done = Anchor::Done { node, cost, height };
             self.anchors.insert(open.anchor, done);
         }
-        Ok(())
+        let done = match open.build {
+            Build::Seq(items) => Done::Value(Value::Array(items)),
+            Build::Map(m) => Done::Value(self.doc().finish_map(m)?),
+            Build::MergeSeq(entries) => Done::Merged(entries),
+            Build::Kept(slot) => {
+                self.kept = self.kept.saturating_sub(1);
+                let node = open.node.ok_or_else(|| YamlError::internal(pos))?;
+                match slot {
+                    Slot::Key => return Err(not_a_key(open.pos)),
+                    Slot::Merge | Slot::MergeItem => {
+                        let mut entries = Vec::new();
+                        self.doc().merge_entries(node, &mut entries)?;
+                        Done::Merged(entries)
+                    }
+                    Slot::Value | Slot::Kept => Done::Nothing,
+                }
+            }
+        };
+        self.deliver(done, pos)
     }
 
     fn alias(&mut self, anchor: usize, pos: Pos) -> Result<(), YamlError> {
@@ -785,21 +979,52 @@ impl<'a> Reader<'a> {
         match self.anchors.get(&anchor).copied() {
             None => Err(YamlError::at(pos, "unknown anchor")),
             Some(Anchor::Open) => {
-                // Recorded (and later replayed) as a placeholder node; the budget's key/value
+                // Kept (and later replayed) as a placeholder node; the budget's key/value
                 // tracking does not see it.
                 self.retain(self.frames, 0, pos)?;
                 self.recorded.events += 1;
                 self.recorded.nodes += 1;
-                let id = self.push(pos, Data::Recursive)?;
-                self.attach(id);
-                Ok(())
+                let slot = self.slot();
+                self.add_child(false);
+                if slot != Slot::Kept {
+                    return Err(recursive(pos));
+                }
+                self.keep(pos, Data::Recursive(anchor))?;
+                self.deliver(Done::Nothing, pos)
             }
-            Some(Anchor::Done { node, cost, height }) => self.replay(node, cost, height, pos),
+            Some(Anchor::Done { node, cost, height }) => {
+                self.charge_replay(node, cost, height, pos)?;
+                let slot = self.slot();
+                self.add_child(true);
+                if let Some(parent) = self.open.last_mut() {
+                    parent.height = parent.height.max(height);
+                }
+                self.attach(node);
+                let doc = self.doc();
+                let done = match slot {
+                    Slot::Value => Done::Value(doc.value(node)?),
+                    Slot::Key => match doc.node(node)? {
+                        Node {
+                            data: Data::Scalar(scalar),
+                            ..
+                        } => Done::Key(scalar.clone(), pos),
+                        // Reported where the collection is defined, as serde-saphyr does.
+                        other => return Err(not_a_key(other.pos)),
+                    },
+                    Slot::Merge | Slot::MergeItem => {
+                        let mut entries = Vec::new();
+                        doc.merge_entries(node, &mut entries)?;
+                        Done::Merged(entries)
+                    }
+                    Slot::Kept => Done::Nothing,
+                };
+                self.deliver(done, pos)
+            }
         }
     }
 
-    /// Charges an alias's expansion as if its events were read again, and shares the node.
-    fn replay(
+    /// Charges an alias's expansion as if its events were read again.
+    fn charge_replay(
         &mut self,
         node: NodeId,
         cost: Cost,
@@ -807,8 +1032,7 @@ impl<'a> Reader<'a> {
         pos: Pos,
     ) -> Result<(), YamlError> {
         if self.open.len() + height > MAX_DEPTH {
-            let message = format!("YAML budget exceeded: nesting deeper than {MAX_DEPTH}");
-            return Err(YamlError::at(pos, message));
+            return Err(too_deep(pos));
         }
         let what = "events replayed by aliases";
         charge(
@@ -820,9 +1044,7 @@ impl<'a> Reader<'a> {
         )?;
         let (key, budget_key) = self.key_slot();
         let root_merge_key = match self.nodes.get(node as usize).map(|n| &n.data) {
-            Some(Data::Scalar {
-                value, style, tag, ..
-            }) => replayed_merge_key(value, *style, *tag),
+            Some(Data::Scalar(s)) => replayed_merge_key(&s.value, s.style, s.tag),
             _ => false,
         };
         let b = &mut self.budget;
@@ -850,25 +1072,39 @@ impl<'a> Reader<'a> {
         if key && root_merge_key {
             self.recorded.merge_keys += 1;
         }
-        self.toggle();
-        if let Some(parent) = self.open.last_mut() {
-            parent.height = parent.height.max(height);
+        Ok(())
+    }
+}
+
+// === impl MapBuild ===
+
+impl<'a> MapBuild<'a> {
+    /// Takes a key: a `<<` merge key, or a new (not duplicate) string key.
+    fn key(&mut self, scalar: Scalar<'a>, pos: Pos) -> Result<(), YamlError> {
+        if is_merge_key(&scalar) {
+            self.key = Some(Pending::Merge);
+            return Ok(());
         }
-        self.attach(node);
+        let fp = fingerprint(&scalar);
+        if self.seen.contains(&fp) {
+            return Err(duplicate(&scalar.value, pos));
+        }
+        self.key = Some(Pending::Key(string_key(&scalar, pos)?));
+        self.seen.insert(fp);
         Ok(())
     }
 }
 
 // === impl Seen ===
 
-impl<'d> Seen<'d> {
+impl<'a> Seen<'a> {
     const FEW: usize = 16;
 
-    fn contains(&self, fp: &Fingerprint<'d>) -> bool {
+    fn contains(&self, fp: &Fingerprint<'a>) -> bool {
         self.few.contains(fp) || self.many.contains(fp)
     }
 
-    fn insert(&mut self, fp: Fingerprint<'d>) {
+    fn insert(&mut self, fp: Fingerprint<'a>) {
         if self.few.len() < Self::FEW {
             self.few.push(fp);
         } else {
@@ -880,20 +1116,6 @@ impl<'d> Seen<'d> {
 // === impl Doc ===
 
 impl<'r, 'a> Doc<'r, 'a> {
-    /// The document's (line, value), or `None` when serde-saphyr skips it as null.
-    fn document(&self, root: NodeId) -> Result<Option<(usize, Value)>, YamlError> {
-        let node = self.node(root)?;
-        if let Data::Scalar {
-            value, style, tag, ..
-        } = &node.data
-            && *tag != TagKind::Other
-            && is_null(*tag, value, *style)
-        {
-            return Ok(None);
-        }
-        Ok(Some((node.pos.line as usize, self.value(root)?)))
-    }
-
     fn node(&self, id: NodeId) -> Result<&'r Node<'a>, YamlError> {
         self.nodes
             .get(id as usize)
@@ -916,67 +1138,86 @@ impl<'r, 'a> Doc<'r, 'a> {
         Ok(pairs)
     }
 
+    /// A kept node in a value position (what an alias there reads).
     fn value(&self, id: NodeId) -> Result<Value, YamlError> {
         let node = self.node(id)?;
         match &node.data {
-            Data::Scalar {
-                value, style, tag, ..
-            } => scalar(value, *style, *tag, node.pos),
-            Data::Seq { first, len } => self
+            Data::Scalar(scalar) => convert(scalar, node.pos),
+            Data::Seq { first, len, .. } => self
                 .children(*first, *len, node.pos)?
                 .iter()
                 .map(|&kid| self.value(kid))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array),
-            Data::Map { first, len } => self.map(self.pairs(*first, *len, node.pos)?),
-            Data::Recursive => Err(recursive(node.pos)),
+            Data::Map { first, len, .. } => {
+                let mut m = MapBuild::default();
+                for &[key, value] in self.pairs(*first, *len, node.pos)? {
+                    let pos = self.node(key)?.pos;
+                    let Data::Scalar(scalar) = &self.node(key)?.data else {
+                        return Err(not_a_key(pos));
+                    };
+                    m.key(scalar.clone(), pos)?;
+                    match m.key {
+                        Some(Pending::Merge) => {
+                            self.merge_entries(value, &mut m.merged)?;
+                            m.key = None;
+                        }
+                        _ => {
+                            let value = self.value(value)?;
+                            if let Some(Pending::Key(key)) = m.key.take() {
+                                m.map.insert(key, value);
+                            }
+                        }
+                    }
+                }
+                self.finish_map(m)
+            }
+            Data::Recursive(_) => Err(recursive(node.pos)),
         }
     }
 
-    /// A mapping: explicit entries in order (duplicates are errors), then the entries of its
-    /// merge keys that no earlier entry has.
-    fn map(&self, pairs: &'r [[NodeId; 2]]) -> Result<Value, YamlError> {
-        let mut map = Map::new();
-        let mut seen = Seen::default();
-        let mut merged = Vec::new();
-        for &[key, value] in pairs {
-            if self.is_merge_key(key) {
-                self.merge_entries(value, &mut merged)?;
+    /// Ends a mapping: the entries of its merge keys that no explicit key (or earlier merge)
+    /// has, in order.
+    fn finish_map(&self, mut m: MapBuild<'a>) -> Result<Value, YamlError> {
+        for [key, value] in std::mem::take(&mut m.merged) {
+            let fp = self.fingerprint(key)?;
+            if m.seen.contains(&fp) {
                 continue;
             }
-            let fp = self.fingerprint(key)?;
-            if seen.contains(&fp) {
-                let key = self.node(key)?;
-                let text = match &key.data {
-                    Data::Scalar { value, .. } => value.as_ref(),
-                    _ => "",
-                };
-                let message = format!("duplicate mapping key: {text}");
-                return Err(YamlError::at(key.pos, message));
-            }
-            map.insert(self.key(key)?, self.value(value)?);
-            seen.insert(fp);
+            let node = self.node(key)?;
+            let Data::Scalar(scalar) = &node.data else {
+                return Err(not_a_key(node.pos));
+            };
+            m.map
+                .insert(string_key(scalar, node.pos)?, self.value(value)?);
+            m.seen.insert(fp);
         }
-        for [key, value] in merged {
-            let fp = self.fingerprint(key)?;
-            if seen.contains(&fp) {
-                continue;
-            }
-            map.insert(self.key(key)?, self.value(value)?);
-            seen.insert(fp);
-        }
-        Ok(Value::Object(map))
+        Ok(Value::Object(m.map))
     }
 
-    /// `<<` (plain and untagged, or `!!merge`), directly or through an alias.
-    fn is_merge_key(&self, id: NodeId) -> bool {
-        matches!(
-            self.nodes.get(id as usize).map(|n| &n.data),
-            Some(Data::Scalar { value, style, tag, .. })
-                if value == "<<"
-                    && (*tag == TagKind::Merge
-                        || *tag == TagKind::None && *style == ScalarStyle::Plain)
-        )
+    /// The duplicate-key identity of any node.
+    fn fingerprint(&self, id: NodeId) -> Result<Fingerprint<'a>, YamlError> {
+        let node = self.node(id)?;
+        Ok(match &node.data {
+            Data::Scalar(scalar) => fingerprint(scalar),
+            Data::Recursive(anchor) => Fingerprint::Recursive(*anchor),
+            Data::Seq { first, len, custom } => Fingerprint::Seq(
+                custom.clone(),
+                self.children(*first, *len, node.pos)?
+                    .iter()
+                    .map(|&kid| self.fingerprint(kid))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Data::Map { first, len, custom } => {
+                let mut entries = self
+                    .pairs(*first, *len, node.pos)?
+                    .iter()
+                    .map(|&[k, v]| Ok((self.fingerprint(k)?, self.fingerprint(v)?)))
+                    .collect::<Result<Vec<_>, YamlError>>()?;
+                entries.sort();
+                Fingerprint::Map(custom.clone(), entries)
+            }
+        })
     }
 
     /// Appends the entries a merge value contributes: a mapping's, or those of each mapping
@@ -984,36 +1225,33 @@ impl<'r, 'a> Doc<'r, 'a> {
     fn merge_entries(&self, id: NodeId, out: &mut Vec<[NodeId; 2]>) -> Result<(), YamlError> {
         let node = self.node(id)?;
         match &node.data {
-            Data::Scalar {
-                value, style, tag, ..
-            } if is_null(*tag, value, *style) => Ok(()),
-            Data::Scalar { .. } => Err(YamlError::at(
-                node.pos,
-                "merge value must be a mapping or a sequence of mappings",
-            )),
-            Data::Recursive => Err(recursive(node.pos)),
-            Data::Seq { first, len } => {
+            Data::Scalar(s) if is_null(s.tag, &s.value, s.style) => Ok(()),
+            Data::Scalar(_) => Err(not_mergeable(node.pos)),
+            Data::Recursive(_) => Err(recursive(node.pos)),
+            Data::Seq { first, len, .. } => {
                 for &kid in self.children(*first, *len, node.pos)? {
                     self.merge_entries(kid, out)?;
                 }
                 Ok(())
             }
-            Data::Map { first, len } => {
-                let pairs = self.pairs(*first, *len, node.pos)?;
+            Data::Map { first, len, .. } => {
                 let mut nested = Vec::new();
                 let mut seen = Seen::default();
-                for &[key, value] in pairs {
-                    if self.is_merge_key(key) {
+                for &[key, value] in self.pairs(*first, *len, node.pos)? {
+                    let key_node = self.node(key)?;
+                    let scalar = match &key_node.data {
+                        Data::Scalar(scalar) => Some(scalar),
+                        _ => None,
+                    };
+                    if scalar.is_some_and(is_merge_key) {
                         self.merge_entries(value, &mut nested)?;
                         continue;
                     }
+                    // Collection keys are rejected only when merged, after this check.
                     let fp = self.fingerprint(key)?;
                     if seen.contains(&fp) {
-                        let pos = self.node(key)?.pos;
-                        return Err(YamlError::at(
-                            pos,
-                            "duplicate mapping key in merged mapping",
-                        ));
+                        let text = scalar.map_or("", |s| s.value.as_ref());
+                        return Err(duplicate(text, key_node.pos));
                     }
                     seen.insert(fp);
                     out.push([key, value]);
@@ -1023,94 +1261,104 @@ impl<'r, 'a> Doc<'r, 'a> {
             }
         }
     }
+}
 
-    /// The identity duplicate keys are found by. Keys that are not scalars are errors: they
-    /// could never become a JSON object key.
-    fn fingerprint(&self, id: NodeId) -> Result<Fingerprint<'r>, YamlError> {
-        let node = self.node(id)?;
-        let Data::Scalar {
-            value,
-            style,
-            tag,
-            custom,
-        } = &node.data
-        else {
-            return Err(YamlError::at(node.pos, "mapping keys must be strings"));
-        };
-        let (value, tag) = (value.as_ref(), *tag);
-        let t = trim(value);
-        let numeric = t
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_digit() || b == b'+' || b == b'-');
-        if numeric && (tag == TagKind::Int || tag == TagKind::None && *style == ScalarStyle::Plain)
-        {
-            let int = if t.starts_with('-') {
-                parse_signed(t).map(|v| (v < 0, v.unsigned_abs()))
-            } else {
-                parse_unsigned(t).map(|v| (false, v))
-            };
-            if let Some((negative, magnitude)) = int {
-                return Ok(Fingerprint::Int {
-                    negative,
-                    magnitude,
-                });
-            }
-        }
-        let tag = if tag == TagKind::None && is_null(tag, value, *style) {
-            TagKind::Null
+// === keys ===
+
+/// `<<` (plain and untagged, or `!!merge`).
+fn is_merge_key(s: &Scalar<'_>) -> bool {
+    s.value == "<<"
+        && (s.tag == TagKind::Merge || s.tag == TagKind::None && s.style == ScalarStyle::Plain)
+}
+
+/// The identity duplicate keys are found by: integers by value, other scalars by text and
+/// the kind of their tag.
+fn fingerprint<'a>(s: &Scalar<'a>) -> Fingerprint<'a> {
+    let (value, style, tag) = (s.value.as_ref(), s.style, s.tag);
+    let t = trim(value);
+    let numeric = t
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_digit() || b == b'+' || b == b'-');
+    if numeric && (tag == TagKind::Int || tag == TagKind::None && style == ScalarStyle::Plain) {
+        let int = if t.starts_with('-') {
+            parse_signed(t).map(|v| (v < 0, v.unsigned_abs()))
         } else {
-            tag
+            parse_unsigned(t).map(|v| (false, v))
         };
-        Ok(match tag {
-            TagKind::Other => {
-                let custom_tag = (*custom as usize)
-                    .checked_sub(1)
-                    .and_then(|i| self.custom_tags.get(i))
-                    .ok_or_else(|| YamlError::internal(node.pos))?;
-                Fingerprint::Custom {
-                    tag: custom_tag,
-                    value,
-                }
-            }
-            tag if tag.can_be_string() => Fingerprint::Str(value),
-            tag => Fingerprint::Tagged(tag, value),
-        })
+        if let Some((negative, magnitude)) = int {
+            return Fingerprint::Int {
+                negative,
+                magnitude,
+            };
+        }
     }
+    let tag = if tag == TagKind::None && is_null(tag, value, style) {
+        TagKind::Null
+    } else {
+        tag
+    };
+    match (tag, &s.custom) {
+        (TagKind::Other, Some(custom)) => Fingerprint::Custom(custom.clone(), s.value.clone()),
+        (tag, _) if tag.can_be_string() => Fingerprint::Str(s.value.clone()),
+        (tag, _) => Fingerprint::Tagged(tag, s.value.clone()),
+    }
+}
 
-    /// A mapping key as a JSON object key.
-    fn key(&self, id: NodeId) -> Result<String, YamlError> {
-        let node = self.node(id)?;
-        let Data::Scalar {
-            value, style, tag, ..
-        } = &node.data
-        else {
-            return Err(YamlError::at(node.pos, "mapping keys must be strings"));
-        };
-        if (*tag == TagKind::Null || is_nullish(value, *style)) && !tag.forces_string() {
-            return Err(YamlError::at(node.pos, "mapping key is null"));
-        }
-        if *tag == TagKind::Binary {
-            return binary(value, node.pos);
-        }
-        if !tag.can_be_string() {
-            return Err(YamlError::at(
-                node.pos,
-                "tagged scalar cannot be a mapping key",
-            ));
-        }
-        Ok(value.to_string())
+/// A mapping key as a JSON object key.
+fn string_key(s: &Scalar<'_>, pos: Pos) -> Result<String, YamlError> {
+    if (s.tag == TagKind::Null || is_nullish(&s.value, s.style)) && !s.tag.forces_string() {
+        return Err(YamlError::at(pos, "mapping key is null"));
     }
+    if s.tag == TagKind::Binary {
+        return binary(&s.value, pos);
+    }
+    if !s.tag.can_be_string() {
+        return Err(YamlError::at(pos, "tagged scalar cannot be a mapping key"));
+    }
+    Ok(s.value.to_string())
+}
+
+/// A collection's tag as key identity: custom tags, and a local `!map` on a mapping, set
+/// keys apart; core and absent tags do not.
+fn container_tag(tag: &Tag, map: bool) -> Option<Box<str>> {
+    let kind = TagKind::of(tag);
+    let text = tag.to_string();
+    (kind == TagKind::Other || map && kind == TagKind::Map && text == "!map")
+        .then(|| text.into_boxed_str())
+}
+
+fn duplicate(key: &str, pos: Pos) -> YamlError {
+    YamlError::at(pos, format!("duplicate mapping key: {key}"))
+}
+
+fn not_a_key(pos: Pos) -> YamlError {
+    YamlError::at(pos, "mapping keys must be strings")
+}
+
+fn not_mergeable(pos: Pos) -> YamlError {
+    YamlError::at(
+        pos,
+        "merge value must be a mapping or a sequence of mappings",
+    )
 }
 
 fn recursive(pos: Pos) -> YamlError {
     YamlError::at(pos, "alias refers to a node that contains it")
 }
 
+fn too_deep(pos: Pos) -> YamlError {
+    YamlError::at(
+        pos,
+        format!("YAML budget exceeded: nesting deeper than {MAX_DEPTH}"),
+    )
+}
+
 // === scalars ===
 
 /// A scalar in a value position (serde-saphyr's `deserialize_any`).
-fn scalar(value: &str, style: ScalarStyle, tag: TagKind, pos: Pos) -> Result<Value, YamlError> {
+fn convert(s: &Scalar<'_>, pos: Pos) -> Result<Value, YamlError> {
+    let (value, style, tag) = (s.value.as_ref(), s.style, s.tag);
     match tag {
         TagKind::Null => return Ok(Value::Null),
         TagKind::Bool => {

@@ -449,3 +449,29 @@ fn readyz_waits_for_the_first_snapshot_even_when_empty() {
     assert!(body.contains("snapshot version 1"), "{body}");
     assert!(d.terminate().success());
 }
+
+#[test]
+fn check_wide_shows_allocated_addresses_and_node_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: shop, namespace: apps}\n\
+               spec:\n  type: NodePort\n  ports: [{name: http, port: 80}]\n";
+    std::fs::write(dir.path().join("shop.yaml"), svc).unwrap();
+    let out = svcplane(&[
+        "check",
+        dir.path().to_str().unwrap(),
+        "-o",
+        "wide",
+        "--service-cidr",
+        "10.200.0.0/24",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let row: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.contains("shop"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[3], "10.200.0.2", "{stdout}");
+    assert_eq!(row[5], "80:30000/TCP", "{stdout}");
+}

@@ -2,14 +2,16 @@
 //! `from_multiple::<Spanned<Value>>` (what `parse_file` used before) and `yaml::documents`.
 //!
 //! `cargo run --release -p svcplane-config --example yaml_speed -- DIR [REPS [ONLY]]`, where
-//! ONLY (`events`, `saphyr` or `ours`) times just one of them, for profiling.
+//! ONLY (`events`, `saphyr`, `ours` or `parse_file`) times just one of them, for profiling.
+//! `parse_file` is the whole per-file parse (YAML, k8s types, validation), for scale.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use svcplane_config::yaml;
+use svcplane_config::{ParseOptions, parse_file, yaml};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -66,6 +68,16 @@ fn main() -> anyhow::Result<()> {
             }
         });
         println!("yaml::documents:         {:6.1} MB/s", rate(ours));
+    }
+    if run("parse_file") {
+        let opts = ParseOptions::default();
+        let labels: Vec<Arc<Path>> = paths.iter().map(|p| Arc::from(p.as_path())).collect();
+        let whole = best(reps, || {
+            for (label, t) in labels.iter().zip(&texts) {
+                std::hint::black_box(parse_file(label, t, &opts).objects.len());
+            }
+        });
+        println!("parse_file (all of it):  {:6.1} MB/s", rate(whole));
     }
     Ok(())
 }

@@ -80,8 +80,10 @@ pub fn documents(text: &str) -> Result<Vec<(usize, Value)>, YamlError> {
     options.simple_key_max_lookahead = SIMPLE_KEY_MAX_LOOKAHEAD;
     let mut reader = Reader::default();
     for item in Parser::new_from_str_with_options(text, options) {
-        let (event, span) = item.map_err(YamlError::scan)?;
-        reader.event(event, &span)?;
+        match item {
+            Ok((event, span)) => reader.event(event, &span)?,
+            Err(e) => return Err(YamlError::scan(e)),
+        }
     }
     reader.finish()
 }
@@ -322,10 +324,11 @@ enum Fingerprint<'a> {
     Map(Option<Box<str>>, Vec<(Fingerprint<'a>, Fingerprint<'a>)>),
 }
 
-/// Keys seen in one mapping: a short list first, a hash set for big mappings.
+/// Keys seen in one mapping: a short list (with a digest of each, compared first) for the
+/// usual small mappings, a hash set beyond.
 #[derive(Debug, Default)]
 struct Seen<'a> {
-    few: Vec<Fingerprint<'a>>,
+    few: Vec<(u64, Fingerprint<'a>)>,
     many: HashSet<Fingerprint<'a>>,
 }
 
@@ -495,6 +498,9 @@ fn tag_len(tag: Option<&Tag>) -> u64 {
 
 /// Rejects a tag on the wrong kind of node (`!!str [1]`, `!!map x`), wherever it is.
 fn check_tag(kind: TagKind, tag: Option<&Tag>, node: NodeKind, pos: Pos) -> Result<(), YamlError> {
+    if tag.is_none() {
+        return Ok(());
+    }
     match kind.requires() {
         Some(required) if required != node => {
             let message = if kind == TagKind::Include {
@@ -927,20 +933,7 @@ impl<'a> Reader<'a> {
         self.retain(self.frames, 0, pos)?;
         self.recorded.events += 1;
         if let Some(id) = open.node {
-            let to_u32 = |n: usize| u32::try_from(n).map_err(|_| YamlError::internal(pos));
-            let first = to_u32(self.kids.len())?;
-            self.kids.extend(self.pending.drain(open.first..));
-            let len = to_u32(self.kids.len())? - first;
-            let node = self
-                .nodes
-                .get_mut(id as usize)
-                .ok_or_else(|| YamlError::internal(pos))?;
-            let custom = open.custom;
-            node.data = if map {
-                Data::Map { first, len, custom }
-            } else {
-                Data::Seq { first, len, custom }
-            };
+            self.fill(id, open.first, map, open.custom, pos)?;
         }
         let height = open.height + 1;
         if let Some(parent) = self.open.last_mut() {
@@ -972,6 +965,32 @@ impl<'a> Reader<'a> {
             }
         };
         self.deliver(done, pos)
+    }
+
+    /// Gives a kept collection's node its children (kept since `first` in `pending`).
+    fn fill(
+        &mut self,
+        id: NodeId,
+        first: usize,
+        map: bool,
+        custom: Option<Box<str>>,
+        pos: Pos,
+    ) -> Result<(), YamlError> {
+        let to_u32 = |n: usize| u32::try_from(n).map_err(|_| YamlError::internal(pos));
+        let start = to_u32(self.kids.len())?;
+        self.kids.extend(self.pending.drain(first..));
+        let len = to_u32(self.kids.len())? - start;
+        let node = self
+            .nodes
+            .get_mut(id as usize)
+            .ok_or_else(|| YamlError::internal(pos))?;
+        let first = start;
+        node.data = if map {
+            Data::Map { first, len, custom }
+        } else {
+            Data::Seq { first, len, custom }
+        };
+        Ok(())
     }
 
     fn alias(&mut self, anchor: usize, pos: Pos) -> Result<(), YamlError> {
@@ -1101,14 +1120,42 @@ impl<'a> Seen<'a> {
     const FEW: usize = 16;
 
     fn contains(&self, fp: &Fingerprint<'a>) -> bool {
-        self.few.contains(fp) || self.many.contains(fp)
+        let digest = fp.digest();
+        self.few.iter().any(|(d, f)| *d == digest && f == fp)
+            || !self.many.is_empty() && self.many.contains(fp)
     }
 
     fn insert(&mut self, fp: Fingerprint<'a>) {
         if self.few.len() < Self::FEW {
-            self.few.push(fp);
+            if self.few.is_empty() {
+                self.few.reserve(Self::FEW / 2);
+            }
+            self.few.push((fp.digest(), fp));
         } else {
             self.many.insert(fp);
+        }
+    }
+}
+
+// === impl Fingerprint ===
+
+impl Fingerprint<'_> {
+    /// Equal fingerprints have equal digests: the variant, the text's length and its first
+    /// and last bytes (or the integer's low bits).
+    fn digest(&self) -> u64 {
+        let text = |kind: u64, t: &str| {
+            let b = t.as_bytes();
+            let edge = |x: Option<&u8>| u64::from(x.copied().unwrap_or(0));
+            kind | (t.len() as u64) << 16 | edge(b.first()) << 48 | edge(b.last()) << 56
+        };
+        match self {
+            Self::Int { magnitude, .. } => 1 | (*magnitude as u64) << 8,
+            Self::Str(t) => text(2, t),
+            Self::Custom(_, t) => text(3, t),
+            Self::Tagged(_, t) => text(4, t),
+            Self::Recursive(anchor) => 5 | (*anchor as u64) << 8,
+            Self::Seq(_, items) => 6 | (items.len() as u64) << 8,
+            Self::Map(_, entries) => 7 | (entries.len() as u64) << 8,
         }
     }
 }
@@ -1436,9 +1483,14 @@ fn finite(v: f64, raw: &str, pos: Pos) -> Result<Value, YamlError> {
         .ok_or_else(|| YamlError::at(pos, format!("non-finite float `{raw}` is not supported")))
 }
 
-/// The padding serde-saphyr trims before converting a scalar.
+/// The padding serde-saphyr trims before converting a scalar (ASCII only, so byte
+/// positions are char boundaries).
 fn trim(s: &str) -> &str {
-    s.trim_matches([' ', '\t', '\r', '\n'])
+    let pad = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+    let bytes = s.as_bytes();
+    let start = bytes.iter().position(|b| !pad(b)).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| !pad(b)).map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or(s)
 }
 
 /// Plain null spellings (also the empty scalar).

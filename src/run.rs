@@ -10,15 +10,18 @@ use svcplane_config::{
     AllocOptions, Change, Loader, ManifestWatcher, ParseOptions, Snapshot, diff,
 };
 use svcplane_dns::{DnsCollector, DnsConfig, DnsOptions, DnsServer};
+use svcplane_proxy::{ProxyOptions, UserspaceProxy};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::cli::RunArgs;
+use crate::cli::{Mode, RunArgs};
 use crate::logging;
 
 /// How long a burst of file events may last before the reload starts.
 const QUIET_PERIOD: Duration = Duration::from_millis(10);
+/// Default of `--drain-timeout`.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) fn main(args: RunArgs) -> ExitCode {
     logging::init(args.log_format);
@@ -43,6 +46,8 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Before anything can report readiness: a SIGTERM right after must stop us cleanly.
+    let signals = Signals::install()?;
     if let Some(cfg) = &args.config {
         anyhow::bail!(
             "--config {}: configuration files are not supported by this build; pass flags instead",
@@ -91,12 +96,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await
     .context("--dns-listen")?;
     let dns_addr = dns.local_addr();
+    let proxy = match args.mode {
+        Mode::Userspace => {
+            let opts = ProxyOptions {
+                node_name: args.node_name.clone(),
+                node_ips: (!args.node_ips.is_empty()).then(|| args.node_ips.clone()),
+                ..ProxyOptions::default()
+            };
+            let proxy = UserspaceProxy::start(opts, watcher.subscribe())
+                .await
+                .context("cannot start the userspace proxy")?;
+            let ips: Vec<String> = proxy
+                .node()
+                .node_ips
+                .iter()
+                .map(|ip| ip.to_string())
+                .collect();
+            tracing::info!(node_ips = ips.join(","), "userspace proxy started");
+            Some(proxy)
+        }
+        Mode::None => None,
+    };
     let cancel = CancellationToken::new();
-    let state = AdminState::new(
-        watcher.subscribe(),
-        watcher.stats(),
-        vec![Box::new(DnsCollector(dns.metrics()))],
-    );
+    let mut collectors: Vec<Box<dyn prometheus_client::collector::Collector>> =
+        vec![Box::new(DnsCollector(dns.metrics()))];
+    if let Some(p) = &proxy {
+        collectors.push(Box::new(p.collector()));
+    }
+    let state = AdminState::new(watcher.subscribe(), watcher.stats(), collectors);
     let admin_task = tokio::spawn(admin::serve(listener, state, cancel.clone()));
     let log_task = tokio::spawn(log_changes(watcher.subscribe(), cancel.clone()));
     tracing::info!(
@@ -108,8 +135,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "svcplane running"
     );
 
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!("shutting down");
+    if let Some(p) = proxy {
+        let drain = args
+            .drain_timeout
+            .map_or(DRAIN_TIMEOUT, Duration::from_secs);
+        let left = p.stop(drain).await;
+        if left > 0 {
+            tracing::warn!(connections = left, "drain timeout: closing connections");
+        }
+    }
     cancel.cancel();
     dns.stop().await;
     watcher.stop().await;
@@ -118,15 +154,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT handlers, installed before the daemon reports anything.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 /// Logs every published snapshot: what changed, endpoint counts, new errors.

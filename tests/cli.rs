@@ -166,7 +166,7 @@ fn check_missing_path_is_a_clear_error() {
 #[test]
 fn bad_flags_are_usage_errors() {
     for args in [
-        &["run", "--manifests", "x", "--mode", "userspace"][..],
+        &["run", "--manifests", "x", "--mode", "ebpf"][..],
         &["run", "--manifests", "x", "--nodeport-range", "9-1"][..],
         &["check"][..],
     ] {
@@ -201,6 +201,9 @@ impl Daemon {
                 "127.0.0.1:0",
             ])
             .args(["--log-format", "json"])
+            // These tests run in the host's network namespace: no routing here (the
+            // userspace mode is tested in namespaces of its own, tests/userspace.rs).
+            .args(["--mode", "none"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -326,7 +329,7 @@ fn service_names(snapshot_json: &str) -> Vec<String> {
 fn run_serves_admin_and_follows_changes() {
     let dir = tempfile::tempdir().unwrap();
     copy_examples(dir.path());
-    let d = Daemon::start(dir.path(), &["--mode", "none"]);
+    let d = Daemon::start(dir.path(), &[]);
 
     d.poll("/readyz", |c, _| c == 200);
     assert_eq!(d.get("/healthz").0, 200);

@@ -263,7 +263,8 @@ impl Loader {
             return Ok((None, stats));
         }
         let build_started = Instant::now();
-        let next = self.build_snapshot(&changed);
+        let mut next = self.build_snapshot(&changed);
+        next.changed_at = Some(started);
         stats.build_time = build_started.elapsed();
         // Ports and frontend indexes derive from the services alone, so comparing services
         // (stopping at the first difference; unchanged ones are often the same Arc) says

@@ -21,6 +21,22 @@ pub(crate) enum Command {
     Run(Box<RunArgs>),
     /// Validate manifests; exit 1 with every error listed.
     Check(CheckArgs),
+    /// The embedded default: built-in backends and example Services on loopback, the
+    /// userspace data plane and DNS; prints what to try. No root needed.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Cluster DNS address, UDP and TCP.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5353")]
+    pub(crate) dns_listen: SocketAddr,
+    /// Admin HTTP address.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
+    pub(crate) admin_listen: SocketAddr,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
 }
 
 /// Data planes. Only the modes this build implements are listed.

@@ -2,8 +2,7 @@
 //! snapshots and endpoint selection live in `svcplane-config`; data planes live in their own
 //! crates.
 //!
-//! Commands in this build: `run` (mode `none`: load, validate and watch manifests, serve the
-//! admin endpoint) and `check`.
+//! Commands in this build: `run` (modes `userspace` and `none`), `check` and `demo`.
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +13,7 @@ use clap::Parser as _;
 mod admin;
 mod check;
 mod cli;
+mod demo;
 mod logging;
 mod run;
 
@@ -22,5 +22,6 @@ fn main() -> ExitCode {
     match cli.command {
         cli::Command::Run(args) => run::main(*args),
         cli::Command::Check(args) => check::main(args),
+        cli::Command::Demo(args) => demo::main(args),
     }
 }

@@ -25,6 +25,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) fn main(args: RunArgs) -> ExitCode {
     logging::init(args.log_format);
+    block_on(run(args, None))
+}
+
+/// Runs `fut` on the daemon's runtime; errors are logged and give exit status 1.
+pub(crate) fn block_on(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("svcplane")
@@ -36,7 +41,7 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -45,7 +50,17 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// What a started daemon serves on, for a caller that embeds it (`svcplane demo`).
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub(crate) admin: std::net::SocketAddr,
+    pub(crate) dns: std::net::SocketAddr,
+}
+
+/// Called once the first snapshot is programmed.
+pub(crate) type StartHook = Box<dyn FnOnce(Started) + Send>;
+
+pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::Result<()> {
     // Before anything can report readiness: a SIGTERM right after must stop us cleanly.
     let signals = Signals::install()?;
     if let Some(cfg) = &args.config {
@@ -134,6 +149,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         mode = ?args.mode,
         "svcplane running"
     );
+    if let Some(hook) = on_start {
+        if let Some(p) = &proxy {
+            let mut programmed = p.programmed();
+            let _ = tokio::time::timeout(Duration::from_secs(10), programmed.wait_for(|&v| v > 0))
+                .await;
+        }
+        hook(Started {
+            admin: admin_addr,
+            dns: dns_addr,
+        });
+    }
 
     signals.wait().await;
     tracing::info!("shutting down");

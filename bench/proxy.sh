@@ -34,6 +34,8 @@ while [ $# -gt 0 ]; do
         --duration) DURATION=$2; shift 2 ;;
         --connections) CONNS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
+        --proxy-cpu) PROXY_CPU=$2; shift 2 ;;
+        --load-cpu) LOAD_CPU=$2; shift 2 ;;
         --quiet-wait) QUIET_WAIT=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench/proxy.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -83,7 +85,12 @@ nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 mkns() {
     ip netns add "$1"
     ip -n "$1" link set lo up
-    nsx "$1" sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1
+    # No TIME_WAIT: tens of thousands of connections a second reuse client ports within the
+    # TIME_WAIT period, and a SYN that meets an old TIME_WAIT socket stalls for a 1 s
+    # retransmission, whichever side closed first. That would measure port reuse, not
+    # the proxies.
+    nsx "$1" sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1 \
+        net.ipv4.tcp_max_tw_buckets=0
 }
 link() { # ns-a if-a addr-a ns-b if-b addr-b
     ip link add "$2" netns "$1" type veth peer name "$5" netns "$4"

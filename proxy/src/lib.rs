@@ -34,6 +34,7 @@ mod sockopt;
 pub mod table;
 mod tcp;
 mod udp;
+mod workers;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -56,6 +57,7 @@ pub use tcp::CONNECT_TIMEOUT;
 
 use crate::shared::Shared;
 use crate::table::{BuildWarning, Registry};
+use crate::workers::Workers;
 
 /// Default idle timeout of a UDP flow.
 pub const DEFAULT_UDP_IDLE: Duration = Duration::from_secs(30);
@@ -70,6 +72,8 @@ pub struct ProxyOptions {
     pub udp_idle: Duration,
     /// Add VIPs that are not local to `lo` (and remove them again).
     pub manage_addresses: bool,
+    /// Data-path threads; 0: one per CPU this process may run on.
+    pub workers: usize,
 }
 
 impl Default for ProxyOptions {
@@ -79,6 +83,7 @@ impl Default for ProxyOptions {
             node_ips: None,
             udp_idle: DEFAULT_UDP_IDLE,
             manage_addresses: true,
+            workers: 0,
         }
     }
 }
@@ -87,6 +92,8 @@ impl Default for ProxyOptions {
 pub enum ProxyError {
     #[error(transparent)]
     Addr(#[from] AddrError),
+    #[error("cannot start the proxy's worker threads: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
 /// The running userspace data plane.
@@ -98,6 +105,7 @@ pub struct UserspaceProxy {
     node: NodeConfig,
     cancel: CancellationToken,
     task: JoinHandle<Option<VipAddrs>>,
+    workers: Workers,
 }
 
 impl UserspaceProxy {
@@ -128,6 +136,11 @@ impl UserspaceProxy {
             udp_idle: opts.udp_idle,
         });
         let metrics = Arc::new(ProxyMetrics::default());
+        let n = match opts.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let workers = Workers::start(n).map_err(ProxyError::Workers)?;
         let (programmed_tx, programmed) = watch::channel(0);
         let cancel = CancellationToken::new();
         let reconciler = Reconciler {
@@ -141,6 +154,7 @@ impl UserspaceProxy {
             vips,
             cancel: cancel.clone(),
             programmed: programmed_tx,
+            workers: workers.handles().to_vec(),
         };
         let task = tokio::spawn(reconciler.run(snapshots));
         Ok(UserspaceProxy {
@@ -150,6 +164,7 @@ impl UserspaceProxy {
             node,
             cancel,
             task,
+            workers,
         })
     }
 
@@ -183,6 +198,8 @@ impl UserspaceProxy {
             Ok(()) => 0,
             Err(_) => self.shared.tracker.len(),
         };
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
         if let Some(mut vips) = vips {
             for e in vips.remove_all().await {
                 tracing::warn!(error = %e, "cannot remove a VIP address");
@@ -204,6 +221,8 @@ struct Reconciler {
     vips: Option<VipAddrs>,
     cancel: CancellationToken,
     programmed: watch::Sender<u64>,
+    /// Every frontend gets one socket (SO_REUSEPORT) and one accept loop per worker.
+    workers: Vec<tokio::runtime::Handle>,
 }
 
 impl Reconciler {
@@ -290,26 +309,39 @@ impl Reconciler {
 
     fn open(&mut self, listen: Listen) {
         let token = self.cancel.child_token();
-        let shared = Arc::clone(&self.shared);
-        let bound = match listen.protocol {
-            Protocol::Tcp => tcp::bind(listen.addr).map(|l| {
-                tokio::spawn(tcp::serve(l, listen, shared, token.clone()));
-            }),
-            Protocol::Udp => udp::bind(listen.addr).map(|s| {
-                tokio::spawn(udp::serve(s, listen, shared, token.clone()));
-            }),
-            Protocol::Sctp => return,
-        };
-        match bound {
+        match self.bind_all(listen, &token) {
             Ok(()) => {
                 self.failed_binds.remove(&listen);
                 self.listeners.insert(listen, token);
             }
             Err(e) => {
+                token.cancel();
                 if self.failed_binds.insert(listen) {
                     tracing::warn!(frontend = %listen, error = %e, "cannot listen; retried on the next change");
                 }
             }
         }
+    }
+
+    /// One socket and accept loop per worker; all or none (`token` stops those started).
+    fn bind_all(&self, listen: Listen, token: &CancellationToken) -> std::io::Result<()> {
+        let reuseport = self.workers.len() > 1;
+        for handle in &self.workers {
+            // Sockets register with the reactor of the runtime entered here: the worker's.
+            let _entered = handle.enter();
+            let shared = Arc::clone(&self.shared);
+            match listen.protocol {
+                Protocol::Tcp => {
+                    let l = tcp::bind(listen.addr, reuseport)?;
+                    handle.spawn(tcp::serve(l, listen, shared, token.clone()));
+                }
+                Protocol::Udp => {
+                    let s = udp::bind(listen.addr, reuseport)?;
+                    handle.spawn(udp::serve(s, listen, shared, token.clone()));
+                }
+                Protocol::Sctp => return Ok(()),
+            }
+        }
+        Ok(())
     }
 }

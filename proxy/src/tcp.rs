@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,9 +23,12 @@ const BUF: usize = 16 * 1024;
 const BACKLOG: u32 = 4096;
 
 /// Binds a listening socket on `addr` (IP_FREEBIND, so a VIP need not be local yet).
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// TCP_NODELAY is set here once: Linux copies it to every accepted socket.
+pub(crate) fn bind(addr: SocketAddr, reuseport: bool) -> io::Result<TcpListener> {
     let sock = crate::sockopt::socket(addr, socket2::Type::STREAM)?;
     sock.set_reuse_address(true)?;
+    sock.set_reuse_port(reuseport)?;
+    sock.set_tcp_nodelay(true)?;
     sock.bind(&addr.into())?;
     sock.listen(i32::try_from(BACKLOG).unwrap_or(i32::MAX))?;
     TcpListener::from_std(sock.into())
@@ -61,7 +64,6 @@ pub(crate) async fn serve(
 }
 
 async fn handle(client: TcpStream, peer: SocketAddr, route: Option<Arc<Route>>, shared: &Shared) {
-    let _ = client.set_nodelay(true);
     let Some(route) = route else {
         reset(&client);
         return;
@@ -117,9 +119,10 @@ fn reset(s: &TcpStream) {
 async fn splice(mut client: TcpStream, mut upstream: TcpStream, ep: &EndpointState) {
     let (cr, cw) = client.split();
     let (ur, uw) = upstream.split();
+    let ended = AtomicBool::new(false);
     let res = tokio::try_join!(
-        pump(cr, uw, &ep.stats.bytes_to_endpoint),
-        pump(ur, cw, &ep.stats.bytes_to_client),
+        pump(cr, uw, &ep.stats.bytes_to_endpoint, &ended),
+        pump(ur, cw, &ep.stats.bytes_to_client, &ended),
     );
     if res.is_err() {
         reset(&client);
@@ -127,21 +130,66 @@ async fn splice(mut client: TcpStream, mut upstream: TcpStream, ep: &EndpointSta
     }
 }
 
-async fn pump<R, W>(mut from: R, mut to: W, bytes: &AtomicU64) -> io::Result<()>
+/// Copies `from` to `to` until EOF. The first direction to end passes its EOF on with a
+/// half-close; when the second one ends, both sockets are fully read and closing them (on
+/// drop) sends the last FIN, so no shutdown call is needed.
+async fn pump<R, W>(mut from: R, mut to: W, bytes: &AtomicU64, ended: &AtomicBool) -> io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF];
+    // Not zeroed: `read_buf` only exposes what the socket wrote.
+    let mut buf = Vec::with_capacity(BUF);
     loop {
-        let n = from.read(&mut buf).await?;
+        buf.clear();
+        let n = from.read_buf(&mut buf).await?;
         if n == 0 {
-            // EOF: pass the half-close on; the other direction keeps running. A peer that
-            // is already gone makes shutdown fail, which changes nothing here.
-            let _ = to.shutdown().await;
+            if !ended.swap(true, Ordering::Relaxed) {
+                // Half-close; the other direction keeps running. A peer that is already
+                // gone makes shutdown fail, which changes nothing here.
+                let _ = to.shutdown().await;
+            }
             return Ok(());
         }
-        to.write_all(&buf[..n]).await?;
+        to.write_all(&buf).await?;
         bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The data path relies on accepted sockets inheriting the listener's TCP_NODELAY.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay() {
+        let l = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = l.local_addr().unwrap();
+        let (accepted, client) = tokio::join!(l.accept(), TcpStream::connect(addr));
+        let (s, _) = accepted.unwrap();
+        client.unwrap();
+        assert!(s.nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn pump_copies_everything_then_half_closes() {
+        let l = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = l.local_addr().unwrap();
+        let (accepted, client) = tokio::join!(l.accept(), TcpStream::connect(addr));
+        let (mut server, _) = accepted.unwrap();
+        let client = client.unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let bytes = AtomicU64::new(0);
+        let (r, w) = tokio::io::split(client);
+        let _keep = r;
+        let ended = AtomicBool::new(false);
+        let (pumped, got) = tokio::join!(pump(&data[..], w, &bytes, &ended), async {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        pumped.unwrap();
+        assert_eq!(got, data, "every byte, then EOF");
+        assert_eq!(bytes.load(Ordering::Relaxed), data.len() as u64);
     }
 }

@@ -23,9 +23,12 @@ const MAX_DATAGRAM: usize = 65_535;
 /// Flows one frontend keeps at most; datagrams that would start more are dropped.
 const MAX_FLOWS: usize = 65_536;
 
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+pub(crate) fn bind(addr: SocketAddr, reuseport: bool) -> io::Result<UdpSocket> {
     let sock = crate::sockopt::socket(addr, socket2::Type::DGRAM)?;
     sock.set_reuse_address(true)?;
+    // Each worker gets its own socket; the kernel hashes a client's datagrams to one of
+    // them consistently, so a flow stays on one worker.
+    sock.set_reuse_port(reuseport)?;
     sock.bind(&addr.into())?;
     UdpSocket::from_std(sock.into())
 }

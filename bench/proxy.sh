@@ -21,7 +21,7 @@ ROOT=$PWD
 RUNS=3
 DURATION=10          # seconds per measurement
 CONNS=32             # wrk connections for the throughput tests
-LAT_CONNS=4          # wrk connections for the latency test (far from saturation)
+LAT_CONNS=1          # wrk connections for the latency test: one request at a time
 PROXY_CPU=0          # svcplane and HAProxy
 LOAD_CPU=1           # wrk and the nginx backends
 OUT=""
@@ -145,10 +145,11 @@ ports: [{port: 8080}]
 endpoints:
 $(for b in "${BACKENDS[@]}"; do echo "- addresses: [$b]"; done)
 EOF
-nsx "$NODE" taskset -c "$PROXY_CPU" "$BIN" run --manifests "$TMP/manifests" --mode userspace \
+ip netns exec "$NODE" taskset -c "$PROXY_CPU" "$BIN" run --manifests "$TMP/manifests" --mode userspace \
     --admin-listen 127.0.0.1:10249 --dns-listen 127.0.0.1:5353 --state-dir "$TMP/state" \
     --node-ip 10.200.0.1 >"$TMP/svcplane.log" 2>&1 &
 PIDS+=($!)
+declare -A PROXY_PID=([svcplane]=$!)
 
 # HAProxy: mode tcp, one thread, roundrobin over the same backends.
 cat > "$TMP/haproxy.cfg" <<EOF
@@ -168,8 +169,9 @@ backend be
     balance roundrobin
 $(for i in "${!BACKENDS[@]}"; do echo "    server b$i ${BACKENDS[$i]}:8080"; done)
 EOF
-nsx "$NODE" taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
+ip netns exec "$NODE" taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
 PIDS+=($!)
+PROXY_PID[haproxy]=$!
 
 declare -A URL=(
     [direct]="http://10.201.0.2:8080/"
@@ -198,11 +200,21 @@ measure() { # mode test -> one JSON object
         keepalive) args=(-t1 -c"$CONNS") ;;
         latency) args=(-t1 -c"$LAT_CONNS" --latency) ;;
     esac
-    nsx "$CLIENT" taskset -c "$LOAD_CPU" wrk "${args[@]}" -d"${DURATION}s" "${URL[$mode]}" 2>&1 |
-        python3 "$ROOT/bench/wrk_parse.py" "$mode" "$test"
+    # The proxy's CPU time (user + system, clock ticks) over the run: its cost per request.
+    local pid=${PROXY_PID[$mode]:-} before=0 after=0
+    [ -n "$pid" ] && before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    nsx "$CLIENT" taskset -c "$LOAD_CPU" wrk "${args[@]}" -d"${DURATION}s" "${URL[$mode]}" >"$TMP/wrk.out" 2>&1
+    [ -n "$pid" ] && after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    python3 "$ROOT/bench/wrk_parse.py" "$mode" "$test" "$(( after - before ))" "$(getconf CLK_TCK)" \
+        "$DURATION" <"$TMP/wrk.out"
 }
 
 MODES=(direct svcplane haproxy)
+# Warm-up, discarded: the first connections of a fresh topology are slow.
+for m in "${MODES[@]}"; do
+    nsx "$CLIENT" wrk -t1 -c"$CONNS" -d1s -H "Connection: close" "${URL[$m]}" >/dev/null 2>&1
+    nsx "$CLIENT" wrk -t1 -c"$CONNS" -d1s "${URL[$m]}" >/dev/null 2>&1
+done
 RESULTS=$TMP/results.jsonl
 : > "$RESULTS"
 for run in $(seq 0 $((RUNS - 1))); do

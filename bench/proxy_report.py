@@ -30,13 +30,15 @@ k = lambda v: f"{v / 1000:.1f}k"
 m = lambda v: f"{v:.3f}"
 print(f"\nkernel {kernel}, {cpus} CPUs; proxies pinned to one core, wrk and nginx on another")
 print(f"runs: {len(series('direct', 'conn', 'rps'))}\n")
-print("| mode | new conns/s | keep-alive req/s | p50 ms | p99 ms | socket errors |")
-print("| --- | --- | --- | --- | --- | --- |")
+print("| mode | new conns/s | keep-alive req/s | p50 ms | p99 ms | proxy CPU µs/conn | proxy CPU µs/req | socket errors |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+u = lambda v: f"{v:.1f}"
 for mode in ("direct", "svcplane", "haproxy"):
     errs = sum(r["errors"] for r in rows if r["mode"] == mode)
     print(
         f"| {mode} | {cell(mode, 'conn', 'rps', k)} | {cell(mode, 'keepalive', 'rps', k)} "
-        f"| {cell(mode, 'latency', 'p50', m)} | {cell(mode, 'latency', 'p99', m)} | {errs} |"
+        f"| {cell(mode, 'latency', 'p50', m)} | {cell(mode, 'latency', 'p99', m)} "
+        f"| {cell(mode, 'conn', 'cpu_us_per_req', u)} | {cell(mode, 'keepalive', 'cpu_us_per_req', u)} | {errs} |"
     )
 
 ratios = {}

@@ -1,5 +1,7 @@
 """Reads wrk's output on stdin; prints one JSON object: mode, test, requests/s, p50/p99 (ms),
-and socket errors (bench/proxy.sh)."""
+socket errors and, for a proxy, its CPU microseconds per request (bench/proxy.sh).
+
+Arguments: mode test [proxy-cpu-ticks clock-ticks-per-second duration-seconds]"""
 import json
 import re
 import sys
@@ -26,6 +28,9 @@ for line in sys.stdin:
     elif line.strip().startswith("Non-2xx"):
         errors += int(f[-1])
 out["errors"] = errors
+if len(sys.argv) > 5 and sys.argv[1] != "direct" and out.get("rps"):
+    ticks, hz, secs = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    out["cpu_us_per_req"] = ticks / hz * 1e6 / (out["rps"] * secs)
 if "rps" not in out:
     sys.exit(f"wrk printed no Requests/sec for {mode} {test}")
 print(json.dumps(out))

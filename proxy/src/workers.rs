@@ -41,6 +41,7 @@ impl Workers {
                         }
                     };
                     let _ = tx.send(Ok(rt.handle().clone()));
+                    rt.spawn(keep_timer_armed());
                     // Runs every task spawned on this worker until the proxy stops; what is
                     // still open then is dropped with the runtime.
                     rt.block_on(stop.cancelled());
@@ -70,5 +71,16 @@ impl Workers {
 impl Drop for Workers {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Keeps one timer pending at all times, due sooner than any connect timeout.
+///
+/// tokio wakes its driver thread (an eventfd write, then an extra epoll round) whenever a
+/// new timer is due before every pending one. Between connections no timer is pending, so
+/// each connect's timeout would cost that wake-up; with this ticker it never does.
+async fn keep_timer_armed() {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

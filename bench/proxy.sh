@@ -26,6 +26,7 @@ PROXY_CPU=0          # svcplane and HAProxy
 LOAD_CPU=1           # wrk and the nginx backends
 OUT=""
 QUIET_WAIT=180
+TESTS="conn keepalive latency"
 
 usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -35,6 +36,7 @@ while [ $# -gt 0 ]; do
         --connections) CONNS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --proxy-cpu) PROXY_CPU=$2; shift 2 ;;
+        --tests) TESTS=${2//,/ }; shift 2 ;;
         --load-cpu) LOAD_CPU=$2; shift 2 ;;
         --quiet-wait) QUIET_WAIT=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
@@ -221,7 +223,7 @@ for run in $(seq 0 $((RUNS - 1))); do
     # Interleave: A B C, B C A, C A B, ...
     order=()
     for i in 0 1 2; do order+=("${MODES[$(( (i + run) % 3 ))]}"); done
-    for test in conn keepalive latency; do
+    for test in $TESTS; do
         for m in "${order[@]}"; do
             echo "run $((run + 1))/$RUNS: $test $m" >&2
             measure "$m" "$test" | sed "s/^{/{\"run\": $run, /" >> "$RESULTS"

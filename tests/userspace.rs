@@ -420,3 +420,60 @@ subsets: [{{addresses: [{{ip: "{}"}}], ports: [{{port: 8080}}]}}]
     // The other service is untouched.
     assert_eq!(requests(&t, addr(VIP, 80), 2), counts(&[("b2", 2)]));
 }
+
+#[test]
+fn sigterm_drains_established_connections_then_removes_vips() {
+    if !netns::require_root() {
+        return;
+    }
+    let t = Topology::new(1);
+    let dir = tempfile::tempdir().unwrap();
+    write_manifest(dir.path(), "web.yaml", &web(&all_v4(&t), &[], false));
+    let mut d = t.daemon(dir.path(), &["--drain-timeout", "30"]);
+    wait_served(&t, addr(VIP, 80));
+
+    // A long transfer: connected before SIGTERM, most of its bytes sent after it.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let transfer = t.client.spawn(move || {
+        let s = TcpStream::connect(addr(VIP, 80)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut name = String::new();
+        r.read_line(&mut name).unwrap();
+        ready_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut w = s.try_clone().unwrap();
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            for chunk in sent.chunks(64 * 1024) {
+                w.write_all(chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut echoed = Vec::new();
+        r.read_to_end(&mut echoed).unwrap();
+        writer.join().unwrap();
+        (name, echoed == data, echoed.len())
+    });
+    ready_rx.recv().unwrap();
+    d.signal_term();
+    go_tx.send(()).unwrap();
+    // New connections are no longer accepted while the old one drains...
+    wait_until("the listener to close", || {
+        t.client.run(|| request(addr(VIP, 80))) != Outcome::Served("b0".into())
+    });
+    assert!(
+        !d.exited(),
+        "exited before the established connection finished"
+    );
+    // ...and the established one runs to its end.
+    let (name, intact, len) = transfer.join().unwrap();
+    assert_eq!(name.trim_end(), "b0");
+    assert!(intact, "echo of {len} bytes differs");
+    let status = d.wait();
+    assert!(status.success(), "{status}");
+    assert!(!lo_addrs(&t).contains(VIP));
+}

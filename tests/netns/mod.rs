@@ -411,10 +411,25 @@ impl Daemon {
     }
 
     /// SIGTERM; waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.signal_term();
+        self.wait()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
         // `ip netns exec` execs the daemon, so the child's pid is the daemon's.
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    }
+
+    /// Whether the daemon has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    /// Waits (at most 40 s) for the exit status.
+    pub fn wait(mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {

@@ -1,4 +1,5 @@
-//! Admin HTTP endpoint (hyper): `/healthz`, `/readyz`, `/metrics`, `/debug/snapshot`.
+//! Admin HTTP endpoint (hyper): `/healthz`, `/readyz`, `/metrics`, `/debug/snapshot`,
+//! `/debug/proxy` (what `svcplane status` prints).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct AdminState {
     pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
     pub(crate) registry: Arc<Registry>,
+    /// The data plane's frontends and endpoints; `None` in mode none.
+    pub(crate) proxy: Option<svcplane_proxy::StatusSource>,
 }
 
 impl AdminState {
@@ -35,6 +38,7 @@ impl AdminState {
         snapshots: watch::Receiver<Arc<Snapshot>>,
         stats: Arc<WatchStats>,
         extra: Vec<Box<dyn Collector>>,
+        proxy: Option<svcplane_proxy::StatusSource>,
     ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ConfigCollector {
@@ -47,6 +51,7 @@ impl AdminState {
         Self {
             snapshots,
             registry: Arc::new(registry),
+            proxy,
         }
     }
 }
@@ -106,6 +111,20 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
+fn json(body: serde_json::Result<Vec<u8>>) -> Response<Full<Bytes>> {
+    match body {
+        Ok(body) => {
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
 fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
@@ -142,20 +161,18 @@ fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
-        "/debug/snapshot" => match serde_json::to_vec_pretty(&*snapshot) {
-            Ok(body) => {
-                let mut r = text(StatusCode::OK, body);
-                r.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("application/json"),
-                );
-                r
-            }
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        },
+        "/debug/snapshot" => json(serde_json::to_vec_pretty(&*snapshot)),
+        "/debug/proxy" => json(match &state.proxy {
+            Some(p) => serde_json::to_vec_pretty(&p.status()),
+            None => serde_json::to_vec_pretty(&svcplane_proxy::ProxyStatus {
+                mode: "none",
+                version: snapshot.version,
+                frontends: Vec::new(),
+            }),
+        }),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz /readyz /metrics /debug/snapshot\n",
+            "not found; try /healthz /readyz /metrics /debug/snapshot /debug/proxy\n",
         ),
     }
 }
@@ -253,7 +270,7 @@ mod tests {
     #[test]
     fn readyz_is_503_until_the_first_snapshot() {
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-        let state = AdminState::new(rx, Arc::new(WatchStats::default()), Vec::new());
+        let state = AdminState::new(rx, Arc::new(WatchStats::default()), Vec::new(), None);
         let r = route(&state, &Method::GET, "/readyz");
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(

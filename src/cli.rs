@@ -21,9 +21,30 @@ pub(crate) enum Command {
     Run(Box<RunArgs>),
     /// Validate manifests; exit 1 with every error listed.
     Check(CheckArgs),
+    /// What the running daemon has programmed: every frontend and its endpoints, with
+    /// state, active connections and totals (like `ipvsadm -Ln`).
+    Status(StatusArgs),
     /// The embedded default: built-in backends and example Services on loopback, the
     /// userspace data plane and DNS; prints what to try. No root needed.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Admin address of the daemon.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
+    pub(crate) admin: SocketAddr,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = StatusOutput::Table)]
+    pub(crate) output: StatusOutput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StatusOutput {
+    /// One line per frontend, one per endpoint under it.
+    Table,
+    /// The admin endpoint's `/debug/proxy` document, for scripts.
+    Json,
 }
 
 #[derive(Debug, Args)]

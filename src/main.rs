@@ -2,7 +2,8 @@
 //! snapshots and endpoint selection live in `svcplane-config`; data planes live in their own
 //! crates.
 //!
-//! Commands in this build: `run` (modes `userspace` and `none`), `check` and `demo`.
+//! Commands in this build: `run` (modes `userspace` and `none`), `check`, `status` and
+//! `demo`.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ mod cli;
 mod demo;
 mod logging;
 mod run;
+mod status;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -23,5 +25,6 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run::main(*args),
         cli::Command::Check(args) => check::main(args),
         cli::Command::Demo(args) => demo::main(args),
+        cli::Command::Status(args) => status::main(args),
     }
 }

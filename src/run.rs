@@ -138,7 +138,12 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
     if let Some(p) = &proxy {
         collectors.push(Box::new(p.collector()));
     }
-    let state = AdminState::new(watcher.subscribe(), watcher.stats(), collectors);
+    let state = AdminState::new(
+        watcher.subscribe(),
+        watcher.stats(),
+        collectors,
+        proxy.as_ref().map(UserspaceProxy::status_source),
+    );
     let admin_task = tokio::spawn(admin::serve(listener, state, cancel.clone()));
     let log_task = tokio::spawn(log_changes(watcher.subscribe(), cancel.clone()));
     tracing::info!(

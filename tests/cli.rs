@@ -478,3 +478,31 @@ fn check_wide_shows_allocated_addresses_and_node_ports() {
     assert_eq!(row[3], "10.200.0.2", "{stdout}");
     assert_eq!(row[5], "80:30000/TCP", "{stdout}");
 }
+
+#[test]
+fn status_reads_the_admin_endpoint_and_explains_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    d.poll("/readyz", |c, _| c == 200);
+    let admin = d.admin.to_string();
+    let out = svcplane(&["status", "--admin", &admin, "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mode"], "none");
+    assert_eq!(v["frontends"], serde_json::json!([]));
+    let out = svcplane(&["status", "--admin", &admin]);
+    assert!(
+        text(&out.stdout).contains("no frontends"),
+        "{}",
+        text(&out.stdout)
+    );
+    drop(d);
+
+    // Nothing listening: exit 1, naming the address.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let out = svcplane(&["status", "--admin", &addr]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(&addr), "{}", text(&out.stderr));
+}

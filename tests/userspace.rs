@@ -194,6 +194,35 @@ fn every_frontend_balances_round_robin_and_vips_are_removed_on_exit() {
         "{metrics}"
     );
     assert!(metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_count"));
+
+    // `svcplane status`: every frontend with its endpoints and totals, as JSON and a table.
+    let json: serde_json::Value = serde_json::from_str(&d.status(&["-o", "json"])).unwrap();
+    assert_eq!(json["mode"], "userspace");
+    let fronts = json["frontends"].as_array().unwrap();
+    let lb = fronts
+        .iter()
+        .find(|f| f["frontend"] == format!("{LB}:80").as_str())
+        .unwrap();
+    assert_eq!(lb["kind"], "LoadBalancer");
+    assert_eq!(lb["service"], "default/web");
+    let total: u64 = lb["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["routed"] == true)
+        .map(|e| e["connections"].as_u64().unwrap())
+        .sum();
+    // Every TCP v4 frontend shares the port's endpoint counters: 4 x 30 + 6, plus the one
+    // request that found the proxy ready.
+    assert_eq!(total, 4 * 30 + 6 + 1, "{lb}");
+    let table = d.status(&[]);
+    assert!(table.contains(&format!("TCP   {VIP}:80")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&format!("-> {}:8080", t.backends[0].v4)) && l.contains("ready")),
+        "{table}"
+    );
     assert!(metrics.contains("kubeproxy_network_programming_duration_seconds_count"));
 
     // SIGTERM: exit 0 and leave no VIP behind.
@@ -292,6 +321,13 @@ fn failures_are_hidden_from_clients_and_empty_services_reset_at_once() {
         t.backends[1].v4
     );
     assert!(metrics.contains(&ejected), "{metrics}");
+    let table = d.status(&[]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&format!("-> {}:8080", t.backends[1].v4)) && l.contains("ejected")),
+        "{table}"
+    );
 
     // Every endpoint dead: the client is reset.
     t.backends[0].kill();

@@ -31,6 +31,7 @@ mod metrics;
 pub mod route;
 mod shared;
 mod sockopt;
+pub mod status;
 pub mod table;
 mod tcp;
 mod udp;
@@ -52,6 +53,7 @@ pub use addrs::{AddrError, VipAddrs};
 pub use metrics::{ProxyCollector, ProxyMetrics};
 pub use route::FrontendKind;
 pub use shared::ProxyStats;
+pub use status::{EndpointStatus, FrontendStatus, ProxyStatus, StatusSource};
 pub use table::{FrontendTable, Listen, NodeConfig};
 pub use tcp::CONNECT_TIMEOUT;
 
@@ -180,6 +182,11 @@ impl UserspaceProxy {
 
     pub fn node(&self) -> &NodeConfig {
         &self.node
+    }
+
+    /// Reads what is programmed, per frontend and endpoint (`svcplane status`).
+    pub fn status_source(&self) -> StatusSource {
+        StatusSource(Arc::clone(&self.shared))
     }
 
     /// Prometheus collector of the proxy's metrics.

@@ -444,6 +444,22 @@ impl Daemon {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// `svcplane status --admin <admin> EXTRA...` run in the daemon's namespace; its stdout.
+    pub fn status(&self, extra: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, BIN, "status", "--admin"])
+            .arg(self.admin.to_string())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// GET on the admin endpoint (from inside the node namespace).
     pub fn get(&self, node: &Netns, path: &str) -> String {
         let (addr, path) = (self.admin, path.to_string());

@@ -15,6 +15,9 @@
 //!   policies against the node name).
 //! - [`addrs`]: netlink (rtnetlink) address listing and the VIPs added to `lo`, tagged so a
 //!   later run can tell them apart from addresses it must not touch.
+//! - `workers`: one current-thread runtime per core; every frontend gets one SO_REUSEPORT
+//!   socket and accept loop per worker, and a connection stays on its worker.
+//! - [`status`]: what `svcplane status` prints, read from the live table.
 //! - `tcp` / `udp`: the data path. TCP: connect with failover, then a copy loop per
 //!   direction with half-close. UDP: one flow per client address with an idle timeout;
 //!   replies leave from the frontend socket.

@@ -515,3 +515,429 @@ impl IdAlloc {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use svcplane_config::{Loader, ParseOptions};
+
+    /// A services map in memory that checks, after every operation, what a BPF lookup
+    /// could see.
+    #[derive(Debug, Default)]
+    struct FakeMaps {
+        entries: BTreeMap<(Frontend, u16), Entry>,
+        /// Frontends that must stay visible at every step (they exist before and after).
+        keep: BTreeSet<Frontend>,
+        /// Endpoints each frontend may show (its old and new ones).
+        allowed: HashMap<Frontend, BTreeSet<SocketAddr>>,
+        steps: usize,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Entry {
+        Front { count: u16, id: u32, timeout: u32 },
+        Endpoint(SocketAddr),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("fake map failure")]
+    struct FakeError;
+
+    impl FakeMaps {
+        fn from_set(set: &FrontendSet) -> Self {
+            let mut m = FakeMaps::default();
+            for op in diff(&FrontendSet::new(), set) {
+                m.put(&op);
+            }
+            m
+        }
+
+        /// Expect a move from the current content to `next`.
+        fn expect(&mut self, prev: &FrontendSet, next: &FrontendSet) {
+            self.keep = prev
+                .keys()
+                .filter(|f| next.contains_key(f))
+                .copied()
+                .collect();
+            self.allowed.clear();
+            for set in [prev, next] {
+                for (fe, s) in set {
+                    self.allowed
+                        .entry(*fe)
+                        .or_default()
+                        .extend(s.endpoints.iter().copied());
+                }
+            }
+        }
+
+        fn put(&mut self, op: &MapOp) {
+            match *op {
+                MapOp::PutEndpoint {
+                    frontend,
+                    slot,
+                    backend,
+                } => {
+                    assert!(slot >= 1, "{op:?}");
+                    self.entries
+                        .insert((frontend, slot), Entry::Endpoint(backend));
+                }
+                MapOp::PutFrontend {
+                    frontend,
+                    count,
+                    id,
+                    affinity_timeout,
+                } => {
+                    self.entries.insert(
+                        (frontend, 0),
+                        Entry::Front {
+                            count,
+                            id,
+                            timeout: affinity_timeout,
+                        },
+                    );
+                }
+                MapOp::Delete { frontend, slot } => {
+                    self.entries.remove(&(frontend, slot));
+                }
+            }
+        }
+
+        /// What a lookup may see: every visible frontend's slots 1..=count exist and hold
+        /// one of its old or new endpoints; a frontend that stays is always visible.
+        fn check(&self, after: &MapOp) {
+            for ((fe, slot), e) in &self.entries {
+                let Entry::Front { count, .. } = e else {
+                    continue;
+                };
+                assert_eq!(*slot, 0);
+                for s in 1..=*count {
+                    match self.entries.get(&(*fe, s)) {
+                        Some(Entry::Endpoint(b)) => {
+                            if let Some(allowed) = self.allowed.get(fe) {
+                                assert!(allowed.contains(b), "{fe} slot {s} = {b} after {after:?}");
+                            }
+                        }
+                        other => panic!("{fe} count {count}, slot {s} = {other:?} after {after:?}"),
+                    }
+                }
+            }
+            for fe in &self.keep {
+                assert!(
+                    self.entries.contains_key(&(*fe, 0)),
+                    "{fe} invisible after {after:?}"
+                );
+            }
+        }
+
+        /// The content as a FrontendSet; panics on keys nothing makes visible.
+        fn content(&self) -> FrontendSet {
+            let mut out = FrontendSet::new();
+            let mut used = 0;
+            for ((fe, _), e) in &self.entries {
+                if let Entry::Front { count, id, timeout } = e {
+                    let endpoints = (1..=*count)
+                        .map(|s| match &self.entries[&(*fe, s)] {
+                            Entry::Endpoint(b) => *b,
+                            Entry::Front { .. } => unreachable!(),
+                        })
+                        .collect();
+                    used += 1 + usize::from(*count);
+                    out.insert(
+                        *fe,
+                        FrontendState {
+                            id: *id,
+                            affinity_timeout: *timeout,
+                            endpoints,
+                        },
+                    );
+                }
+            }
+            assert_eq!(used, self.entries.len(), "stray slots: {:?}", self.entries);
+            out
+        }
+    }
+
+    impl MapOps for FakeMaps {
+        type Error = FakeError;
+
+        fn apply(&mut self, op: &MapOp) -> Result<(), FakeError> {
+            self.put(op);
+            self.steps += 1;
+            self.check(op);
+            Ok(())
+        }
+    }
+
+    // === diff over random contents ===
+
+    fn fe(n: u8) -> Frontend {
+        Frontend {
+            ip: IpAddr::from([10, 96, 0, n]),
+            port: 80,
+            protocol: if n.is_multiple_of(2) {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            },
+        }
+    }
+
+    fn ep(n: u8) -> SocketAddr {
+        SocketAddr::new(IpAddr::from([10, 0, 0, n]), 8080)
+    }
+
+    fn state() -> impl Strategy<Value = FrontendState> {
+        (
+            0u32..3,
+            prop::sample::select(vec![0u32, 10800]),
+            prop::collection::vec(0u8..8, 0..7),
+        )
+            .prop_map(|(id, t, eps)| FrontendState {
+                id,
+                affinity_timeout: t,
+                endpoints: eps.into_iter().map(ep).collect(),
+            })
+    }
+
+    fn set() -> impl Strategy<Value = FrontendSet> {
+        prop::collection::btree_map((0u8..5).prop_map(fe), state(), 0..5)
+    }
+
+    proptest! {
+        #[test]
+        fn every_step_of_a_diff_shows_whole_frontends(prev in set(), next in set()) {
+            let mut maps = FakeMaps::from_set(&prev);
+            maps.expect(&prev, &next);
+            for op in diff(&prev, &next) {
+                maps.apply(&op).unwrap();
+            }
+            prop_assert_eq!(maps.content(), next);
+        }
+
+        #[test]
+        fn placement_keeps_slots_of_kept_endpoints(
+            prev in prop::collection::vec(0u8..10, 0..8),
+            wanted in prop::collection::btree_set(0u8..10, 0..8),
+        ) {
+            let mut seen = BTreeSet::new();
+            let prev: Vec<SocketAddr> = prev.into_iter().map(ep).filter(|e| seen.insert(*e)).collect();
+            let wanted: Vec<SocketAddr> = wanted.into_iter().map(ep).collect();
+            let placed = place(&prev, &wanted);
+            let a: BTreeSet<_> = placed.iter().collect();
+            let b: BTreeSet<_> = wanted.iter().collect();
+            prop_assert_eq!(placed.len(), wanted.len());
+            prop_assert_eq!(a, b);
+            for (i, e) in prev.iter().enumerate().take(placed.len()) {
+                if wanted.contains(e) {
+                    prop_assert_eq!(placed[i], *e);
+                }
+            }
+        }
+    }
+
+    // === the syncer over random snapshot pairs ===
+
+    /// (Service number, endpoints as (address suffix, ready), ClientIP affinity).
+    type Svc = (u8, Vec<(u8, bool)>, bool);
+
+    fn yaml(services: &[Svc]) -> String {
+        let mut out = String::new();
+        for (i, eps, affinity) in services {
+            let aff = if *affinity {
+                "\n  sessionAffinity: ClientIP"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "---
+apiVersion: v1
+kind: Service
+metadata: {{name: s{i}, namespace: default}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.1.{i}{aff}
+  ports:
+  - {{name: a, port: 80, targetPort: 8080, nodePort: {np}}}
+  - {{name: b, port: 53, targetPort: 53, protocol: UDP}}
+",
+                np = 30000 + u32::from(*i)
+            ));
+            if eps.is_empty() {
+                continue;
+            }
+            out.push_str(&format!(
+                "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: s{i}, namespace: default, labels: {{kubernetes.io/service-name: s{i}}}}}
+addressType: IPv4
+ports: [{{name: a, port: 8080}}, {{name: b, port: 53, protocol: UDP}}]
+endpoints:
+"
+            ));
+            for (e, ready) in eps {
+                out.push_str(&format!(
+                    "- {{addresses: [10.0.0.{e}], conditions: {{ready: {ready}}}}}\n"
+                ));
+            }
+        }
+        out
+    }
+
+    struct Manifests {
+        dir: tempfile::TempDir,
+        loader: Loader,
+        n: usize,
+        last: Option<Arc<Snapshot>>,
+    }
+
+    impl Manifests {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let loader = Loader::new(dir.path(), ParseOptions::default());
+            Manifests {
+                dir,
+                loader,
+                n: 0,
+                last: None,
+            }
+        }
+
+        fn snapshot(&mut self, yaml: &str) -> Arc<Snapshot> {
+            for e in std::fs::read_dir(self.dir.path()).unwrap() {
+                std::fs::remove_file(e.unwrap().path()).unwrap();
+            }
+            self.n += 1;
+            std::fs::write(self.dir.path().join(format!("m{}.yaml", self.n)), yaml).unwrap();
+            // No snapshot when nothing changed (or nothing was ever loaded).
+            if let Some(s) = self.loader.reload().unwrap().0 {
+                self.last = Some(s);
+            }
+            self.last.clone().unwrap_or_default()
+        }
+    }
+
+    fn node() -> NodeInfo {
+        NodeInfo {
+            node_name: Some("node-a".into()),
+            node_ips: vec![IpAddr::from([127, 0, 0, 1])],
+        }
+    }
+
+    fn services() -> impl Strategy<Value = Vec<Svc>> {
+        prop::collection::btree_map(
+            1u8..6,
+            (
+                prop::collection::btree_map(1u8..8, any::<bool>(), 0..5),
+                any::<bool>(),
+            ),
+            0..5,
+        )
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(i, (eps, aff))| (i, eps.into_iter().collect(), aff))
+                .collect()
+        })
+    }
+
+    /// What a syncer writes for `snap` into empty maps.
+    fn from_scratch(snap: &Arc<Snapshot>) -> FrontendSet {
+        let mut maps = FakeMaps::default();
+        let mut s = Syncer::new(node(), FrontendSet::new());
+        s.sync(snap, &mut maps).unwrap();
+        maps.content()
+    }
+
+    fn endpoints_only(set: &FrontendSet) -> BTreeMap<Frontend, (u32, BTreeSet<SocketAddr>)> {
+        set.iter()
+            .map(|(f, s)| {
+                (
+                    *f,
+                    (s.affinity_timeout, s.endpoints.iter().copied().collect()),
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn incremental_sync_matches_a_fresh_one_and_never_shows_half_frontends(
+            a in services(),
+            b in services(),
+        ) {
+            let mut m = Manifests::new();
+            let snap_a = m.snapshot(&yaml(&a));
+            let snap_b = m.snapshot(&yaml(&b));
+            let mut maps = FakeMaps::default();
+            let mut s = Syncer::new(node(), FrontendSet::new());
+            s.sync(&snap_a, &mut maps).unwrap();
+            let before = maps.content();
+            let want = from_scratch(&snap_b);
+            maps.expect(&before, &want);
+            s.sync(&snap_b, &mut maps).unwrap();
+            let got = maps.content();
+            prop_assert_eq!(&got, s.state());
+            prop_assert_eq!(endpoints_only(&got), endpoints_only(&want));
+            // Adoption: a new syncer over the same content reconciles to b with nothing to do.
+            let mut again = Syncer::new(node(), got.clone());
+            let steps = maps.steps;
+            again.sync(&snap_b, &mut maps).unwrap();
+            prop_assert_eq!(maps.steps, steps);
+        }
+    }
+
+    #[test]
+    fn one_endpoint_change_costs_the_same_at_any_size() {
+        let mut costs = Vec::new();
+        for n in [10u8, 200] {
+            let mut m = Manifests::new();
+            let all: Vec<Svc> = (1..=n)
+                .map(|i| (i, vec![(1, true), (2, true)], false))
+                .collect();
+            let snap = m.snapshot(&yaml(&all));
+            let mut maps = FakeMaps::default();
+            let mut s = Syncer::new(node(), FrontendSet::new());
+            s.sync(&snap, &mut maps).unwrap();
+            let mut changed = all.clone();
+            changed[0].1 = vec![(1, true), (3, true)];
+            let snap2 = m.snapshot(&yaml(&changed));
+            let report = s.sync(&snap2, &mut maps).unwrap();
+            costs.push((report.ports_changed, report.ops));
+        }
+        // Two ports of one Service; one slot rewritten on each of its 4 frontends
+        // (ClusterIP and 127.0.0.1:nodePort, TCP and UDP).
+        assert_eq!(costs[0], costs[1]);
+        assert_eq!(costs[0], (2, 4));
+    }
+
+    #[test]
+    fn adoption_keeps_visible_slots_and_reports_orphans() {
+        let f = fe(2);
+        let mut entries = vec![
+            (
+                key_of(f, 0),
+                SvcValue {
+                    count: 1,
+                    fe_id: 7,
+                    ..SvcValue::default()
+                },
+            ),
+            (key_of(f, 1), abi::endpoint_value(ep(1))),
+            (key_of(f, 2), abi::endpoint_value(ep(2))),
+        ];
+        entries.push((key_of(fe(4), 1), abi::endpoint_value(ep(3))));
+        let (set, orphans) = adopt(entries);
+        assert_eq!(set[&f].endpoints, vec![ep(1)]);
+        assert_eq!(set[&f].id, 7);
+        let mut orphans: Vec<(Option<Frontend>, u16)> = orphans
+            .iter()
+            .map(|k| (frontend_of_key(k), k.slot))
+            .collect();
+        orphans.sort();
+        assert_eq!(orphans, vec![(Some(f), 2), (Some(fe(4)), 1)]);
+    }
+}

@@ -289,8 +289,15 @@ impl Env {
             .expect("start the eBPF data plane")
     }
 
-    /// Runs the python client in the cgroup and the namespace; its output lines.
-    pub fn client(&self, args: &[&str]) -> Vec<String> {
+    /// Starts the python client in the cgroup and the namespace.
+    pub fn client_spawn(&self, args: &[&str]) -> std::process::Child {
+        self.client_command(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn client_command(&self, args: &[&str]) -> Command {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client.py");
         let procs = self.cgroup.path.join("cgroup.procs");
         let shell = format!(
@@ -299,13 +306,14 @@ impl Env {
             self.ns.name,
             script.display()
         );
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(shell)
-            .arg("client")
-            .args(args)
-            .output()
-            .unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(shell).arg("client").args(args);
+        cmd
+    }
+
+    /// Runs the python client in the cgroup and the namespace; its output lines.
+    pub fn client(&self, args: &[&str]) -> Vec<String> {
+        let out = self.client_command(args).output().unwrap();
         assert!(
             out.status.success(),
             "client {args:?}: {}",

@@ -57,17 +57,20 @@ def main():
             except OSError as e:
                 print(f"ERR {e}", flush=True)
     elif cmd == "load":
-        # TCP connections until the file named by arg exists; then "ok N fail M".
+        # TCP connections until the file named by arg exists (at most 60 s); then
+        # "ok N fail M [first errors]".
         ok = fail = 0
         errors = []
         import os
-        while not os.path.exists(arg):
+        deadline = time.monotonic() + 60
+        while not os.path.exists(arg) and time.monotonic() < deadline:
             try:
                 tcp_once(host, port)
                 ok += 1
             except OSError as e:
                 fail += 1
-                errors.append(str(e))
+                if len(errors) < 3:
+                    errors.append(str(e))
         print(f"ok {ok} fail {fail} {errors[:3]}", flush=True)
     else:
         sys.exit(f"unknown command {cmd}")

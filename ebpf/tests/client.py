@@ -56,6 +56,22 @@ def main():
                 print(f"{data.decode().split(':')[0]} {addr[0]} {addr[1]}", flush=True)
             except OSError as e:
                 print(f"ERR {e}", flush=True)
+    elif cmd == "udp-sendto-wait":
+        # One socket: a datagram, then (once the file named by arg exists) another.
+        import os
+        s = socket.socket(family(host), socket.SOCK_DGRAM)
+        s.settimeout(2)
+        for i in range(2):
+            if i == 1:
+                deadline = time.monotonic() + 30
+                while not os.path.exists(arg) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            try:
+                s.sendto(f"m{i}".encode(), (host, port))
+                data, addr = s.recvfrom(100)
+                print(f"{data.decode().split(':')[0]} {addr[0]} {addr[1]}", flush=True)
+            except OSError as e:
+                print(f"ERR {e}", flush=True)
     elif cmd == "load":
         # TCP connections until the file named by arg exists (at most 60 s); then
         # "ok N fail M [first errors]".

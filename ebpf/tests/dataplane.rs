@@ -327,3 +327,65 @@ async fn cleanup_leaves_nothing_pinned_or_attached() {
     // Cleaning up twice is fine.
     svcplane_ebpf::cleanup(&env.pins.path).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconnected_udp_moves_off_a_removed_endpoint_on_its_next_datagram() {
+    if !require_root() {
+        return;
+    }
+    let mut env = Env::new();
+    let _b = three_backends(&env);
+    let v = env.publish(&service("dns", &["10.96.0.10"], &THREE));
+    let dp = env.start().await;
+    wait_programmed(&dp, v).await;
+    let go = env.manifests.path().join("go");
+    let go_s = go.to_string_lossy().to_string();
+    let mut client = env.client_spawn(&["udp-sendto-wait", "10.96.0.10", "53", &go_s]);
+    let first = client.read_line();
+    let name = first.split_whitespace().next().unwrap().to_string();
+    // Remove the endpoint this socket uses (it keeps running: only the maps change).
+    let idx: usize = name[1..].parse().unwrap();
+    let rest: Vec<(&str, bool)> = THREE
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i + 1 != idx)
+        .map(|(_, e)| *e)
+        .collect();
+    let v = env.publish(&service("dns", &["10.96.0.10"], &rest));
+    wait_programmed(&dp, v).await;
+    std::fs::write(&go, b"").unwrap();
+    let second = client.read_line();
+    let moved = second.split_whitespace().next().unwrap();
+    assert!(
+        moved != name && moved.starts_with('b'),
+        "{first} then {second}"
+    );
+    assert!(second.ends_with(" 10.96.0.10 53"), "{second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ip_affinity_keeps_one_endpoint_per_client() {
+    if !require_root() {
+        return;
+    }
+    let mut env = Env::new();
+    let _b = three_backends(&env);
+    let yaml = service("web", &["10.96.0.10"], &THREE).replacen(
+        "  type: NodePort\n",
+        "  type: NodePort\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+        1,
+    );
+    let v = env.publish(&yaml);
+    let dp = env.start().await;
+    wait_programmed(&dp, v).await;
+    let got: BTreeSet<String> = names(&env.client(&["tcp", "10.96.0.10", "80", "6"]))
+        .into_iter()
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    // Unconnected UDP of the same client (network namespace) follows its affinity too.
+    let udp: BTreeSet<String> = names(&env.client(&["udp-sendto", "10.96.0.10", "53", "1"]))
+        .into_iter()
+        .chain(names(&env.client(&["udp-sendto", "10.96.0.10", "53", "1"])))
+        .collect();
+    assert_eq!(udp.len(), 1, "{udp:?}");
+}

@@ -332,6 +332,19 @@ impl Env {
 pub struct ClientProc(Option<std::process::Child>);
 
 impl ClientProc {
+    /// The next line the client prints.
+    pub fn read_line(&mut self) -> String {
+        let child = self.0.as_mut().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        child.stdout = Some(out);
+        String::from_utf8_lossy(&line).into_owned()
+    }
+
     /// Waits for the client to exit; its stdout.
     pub fn finish(mut self) -> String {
         let child = self.0.take().unwrap();

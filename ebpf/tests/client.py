@@ -72,6 +72,26 @@ def main():
                 print(f"{data.decode().split(':')[0]} {addr[0]} {addr[1]}", flush=True)
             except OSError as e:
                 print(f"ERR {e}", flush=True)
+    elif cmd == "udp-connect-wait":
+        # A connected socket: a datagram; once the file named by arg exists another one;
+        # then connect() again and one more.
+        import os
+        s = socket.socket(family(host), socket.SOCK_DGRAM)
+        s.settimeout(2)
+        s.connect((host, port))
+        for i in range(3):
+            if i == 1:
+                deadline = time.monotonic() + 30
+                while not os.path.exists(arg) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            if i == 2:
+                s.connect((host, port))
+            try:
+                s.send(f"m{i}".encode())
+                data, addr = s.recvfrom(100)
+                print(f"{data.decode().split(':')[0]} {addr[0]} {addr[1]}", flush=True)
+            except OSError as e:
+                print(f"ERR {e}", flush=True)
     elif cmd == "load":
         # TCP connections until the file named by arg exists (at most 60 s); then
         # "ok N fail M [first errors]".

@@ -389,3 +389,44 @@ async fn client_ip_affinity_keeps_one_endpoint_per_client() {
         .collect();
     assert_eq!(udp.len(), 1, "{udp:?}");
 }
+
+/// Documents a kernel limit rather than a wish: the sendmsg hooks run only for datagrams
+/// that carry a destination, so a *connected* UDP socket keeps the endpoint its connect()
+/// picked until it connects again (see the crate docs on stale UDP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_udp_keeps_its_endpoint_until_it_reconnects() {
+    if !require_root() {
+        return;
+    }
+    let mut env = Env::new();
+    let _b = three_backends(&env);
+    let v = env.publish(&service("dns", &["10.96.0.10"], &THREE));
+    let dp = env.start().await;
+    wait_programmed(&dp, v).await;
+    let go = env.manifests.path().join("go");
+    let go_s = go.to_string_lossy().to_string();
+    let mut client = env.client_spawn(&["udp-connect-wait", "10.96.0.10", "53", &go_s]);
+    let first = client.read_line();
+    let name = first.split_whitespace().next().unwrap().to_string();
+    let idx: usize = name[1..].parse().unwrap();
+    let rest: Vec<(&str, bool)> = THREE
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i + 1 != idx)
+        .map(|(_, e)| *e)
+        .collect();
+    let v = env.publish(&service("dns", &["10.96.0.10"], &rest));
+    wait_programmed(&dp, v).await;
+    std::fs::write(&go, b"").unwrap();
+    let second = client.read_line();
+    let third = client.read_line();
+    assert!(
+        second.starts_with(&format!("{name} ")),
+        "{first} then {second}"
+    );
+    // After a new connect() the socket gets a current endpoint.
+    assert!(
+        !third.starts_with(&format!("{name} ")),
+        "reconnected: {third}"
+    );
+}

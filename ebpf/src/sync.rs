@@ -319,7 +319,7 @@ impl Syncer {
     ) -> Result<SyncReport, M::Error> {
         let mut report = SyncReport::default();
         let changes: Vec<Change<ServicePortKey, Arc<PortView>>> = match &self.prev {
-            Some(prev) => svcplane_config::diff(prev, snap).ports,
+            Some(prev) => changed_ports(prev.ports(), snap.ports()),
             None => snap
                 .ports()
                 .iter()
@@ -475,6 +475,58 @@ impl Syncer {
         }
         out
     }
+}
+
+/// The Service ports that differ between two snapshots. A merge walk like
+/// `svcplane_config::diff`, but a shared `Arc<PortView>` (the common case: the config crate
+/// reuses what a reload did not touch) is skipped without comparing keys, since the view
+/// holds its key; so a change costs a pointer comparison per port plus the changed ones.
+fn changed_ports(
+    a: &BTreeMap<ServicePortKey, Arc<PortView>>,
+    b: &BTreeMap<ServicePortKey, Arc<PortView>>,
+) -> Vec<Change<ServicePortKey, Arc<PortView>>> {
+    let mut out = Vec::new();
+    let mut ia = a.iter().peekable();
+    let mut ib = b.iter().peekable();
+    loop {
+        let (ka, va, kb, vb) = match (ia.peek(), ib.peek()) {
+            (None, None) => break,
+            (Some((ka, _)), None) => {
+                out.push(Change::Removed((*ka).clone()));
+                ia.next();
+                continue;
+            }
+            (None, Some((kb, vb))) => {
+                out.push(Change::Added((*kb).clone(), Arc::clone(vb)));
+                ib.next();
+                continue;
+            }
+            (Some((ka, va)), Some((kb, vb))) => (*ka, *va, *kb, *vb),
+        };
+        if Arc::ptr_eq(va, vb) {
+            ia.next();
+            ib.next();
+            continue;
+        }
+        match ka.cmp(kb) {
+            std::cmp::Ordering::Less => {
+                out.push(Change::Removed(ka.clone()));
+                ia.next();
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(Change::Added(kb.clone(), Arc::clone(vb)));
+                ib.next();
+            }
+            std::cmp::Ordering::Equal => {
+                if va != vb {
+                    out.push(Change::Changed(kb.clone(), Arc::clone(vb)));
+                }
+                ia.next();
+                ib.next();
+            }
+        }
+    }
+    out
 }
 
 /// Frontend ids: the lowest free one, so the round-robin array stays dense.

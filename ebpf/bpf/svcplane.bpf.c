@@ -54,6 +54,17 @@ struct {
 	__type(value, struct svc_affinity_value);
 } v1_affinity SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct svc_peer);
+} v1_tcp_peer SEC(".maps");
+
+/* Set by the loader: 1 = TCP getpeername shows the frontend (costs a socket-storage write
+ * per balanced TCP connect). */
+volatile const __u32 cfg_tcp_peer_vip = 0;
+
 #define NS_PER_SEC 1000000000ULL
 
 /* The frontend a sock_addr context is addressed to (user_ip*, user_port). An IPv4-mapped
@@ -217,9 +228,54 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, int v6)
 		return 0;
 	if (!pick(&fe, front, &b))
 		return 1;
-	if (fe.proto == IPPROTO_UDP)
+	if (fe.proto == IPPROTO_UDP) {
 		remember_rev(ctx, &fe, &b);
+	} else if (cfg_tcp_peer_vip) {
+		struct bpf_sock *sk = ctx->sk;
+		if (sk) {
+			struct svc_peer *p = bpf_sk_storage_get(&v1_tcp_peer, sk, 0,
+								BPF_SK_STORAGE_GET_F_CREATE);
+			if (p) {
+				p->fe = fe;
+				p->backend = b;
+			}
+		}
+	}
 	write_dest(ctx, v6, mapped, &fe, &b);
+	return 1;
+}
+
+/* getpeername() of a TCP socket this program connected: the frontend, if the peer is
+ * still the endpoint it was sent to. */
+static __always_inline int tcp_peer(struct bpf_sock_addr *ctx, int v6)
+{
+	if (!cfg_tcp_peer_vip)
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct svc_peer *p = bpf_sk_storage_get(&v1_tcp_peer, sk, 0, 0);
+	if (!p || p->backend.port != (__u16)ctx->user_port)
+		return 1;
+	if (!v6) {
+		if (p->backend.addr[0] != ctx->user_ip4)
+			return 1;
+		ctx->user_ip4 = p->fe.addr[0];
+	} else if (p->fe.family == SVC_FAMILY_V4) {
+		/* An IPv4 frontend reached from an IPv6 socket: ::ffff:a.b.c.d. */
+		if (p->backend.addr[0] != ctx->user_ip6[3])
+			return 1;
+		ctx->user_ip6[3] = p->fe.addr[0];
+	} else {
+		if (p->backend.addr[0] != ctx->user_ip6[0] || p->backend.addr[1] != ctx->user_ip6[1] ||
+		    p->backend.addr[2] != ctx->user_ip6[2] || p->backend.addr[3] != ctx->user_ip6[3])
+			return 1;
+		ctx->user_ip6[0] = p->fe.addr[0];
+		ctx->user_ip6[1] = p->fe.addr[1];
+		ctx->user_ip6[2] = p->fe.addr[2];
+		ctx->user_ip6[3] = p->fe.addr[3];
+	}
+	ctx->user_port = p->fe.port;
 	return 1;
 }
 
@@ -261,6 +317,8 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, int v6)
 {
 	struct svc_rev_key rk = {};
 
+	if (ctx->protocol == IPPROTO_TCP)
+		return tcp_peer(ctx, v6);
 	if (ctx->protocol != IPPROTO_UDP)
 		return 1;
 	rk.cookie = bpf_get_socket_cookie(ctx);

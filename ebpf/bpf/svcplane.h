@@ -91,6 +91,13 @@ struct svc_affinity_value {
 	__u64 last_used_ns; /* bpf_ktime_get_ns() */
 };
 
+/* v1_tcp_peer (socket storage): what a TCP socket connected to, for getpeername. Only
+ * written when the loader enables it (cfg_tcp_peer_vip): it is a write per connect. 40 bytes. */
+struct svc_peer {
+	struct svc_frontend fe;
+	struct svc_backend backend;
+};
+
 /* The sizes ebpf/src/abi.rs asserts for its mirrors. */
 _Static_assert(sizeof(struct svc_frontend) == 20, "svc_frontend");
 _Static_assert(sizeof(struct svc_key) == 24, "svc_key");
@@ -100,5 +107,6 @@ _Static_assert(sizeof(struct svc_sticky_key) == 32, "svc_sticky_key");
 _Static_assert(sizeof(struct svc_rev_key) == 32, "svc_rev_key");
 _Static_assert(sizeof(struct svc_affinity_key) == 16, "svc_affinity_key");
 _Static_assert(sizeof(struct svc_affinity_value) == 32, "svc_affinity_value");
+_Static_assert(sizeof(struct svc_peer) == 40, "svc_peer");
 
 #endif

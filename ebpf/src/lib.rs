@@ -28,8 +28,9 @@
 //! *connected* UDP socket is not re-pointed: the kernel does not run the sendmsg hook for
 //! sockets that send without a destination, so it keeps its endpoint until it reconnects.
 //!
-//! TCP `getpeername` shows the endpoint, not the frontend: showing the frontend needs a
-//! map write per TCP connect, which the connect path avoids.
+//! TCP `getpeername` shows the endpoint by default: showing the frontend needs a write per
+//! TCP connect (socket storage, `v1_tcp_peer`), which the connect path avoids unless
+//! [`EbpfOptions::tcp_getpeername_vip`] asks for it. UDP sockets always see the frontend.
 //!
 //! It must not: choose endpoints itself (selection is `PortView::routable_endpoints` of the
 //! config crate), know Kubernetes object types, attach to anything but the cgroup it is
@@ -67,6 +68,9 @@ pub struct EbpfOptions {
     pub node_name: Option<String>,
     /// Addresses NodePorts are served on (add 127.0.0.1 to serve it there).
     pub node_ips: Vec<IpAddr>,
+    /// TCP `getpeername` shows the frontend instead of the endpoint. Costs a socket-storage
+    /// write on every balanced TCP connect, so it is off by default.
+    pub tcp_getpeername_vip: bool,
 }
 
 impl Default for EbpfOptions {
@@ -76,6 +80,7 @@ impl Default for EbpfOptions {
             cgroup: None,
             node_name: None,
             node_ips: vec![IpAddr::from([127, 0, 0, 1])],
+            tcp_getpeername_vip: false,
         }
     }
 }
@@ -161,14 +166,16 @@ impl EbpfDataPlane {
     ) -> Result<Self, EbpfError> {
         let pin_root = opts.pin_root.clone();
         let cgroup = opts.cgroup.clone();
-        let loaded =
-            tokio::task::spawn_blocking(move || loader::load(&pin_root, cgroup.as_deref()))
-                .await
-                .map_err(|e| EbpfError::Io {
-                    what: "load",
-                    path: opts.pin_root.clone(),
-                    source: std::io::Error::other(e),
-                })??;
+        let tcp_peer = opts.tcp_getpeername_vip;
+        let loaded = tokio::task::spawn_blocking(move || {
+            loader::load(&pin_root, cgroup.as_deref(), tcp_peer)
+        })
+        .await
+        .map_err(|e| EbpfError::Io {
+            what: "load",
+            path: opts.pin_root.clone(),
+            source: std::io::Error::other(e),
+        })??;
         tracing::info!(
             cgroup = %loaded.cgroup.display(),
             pin_root = %opts.pin_root.display(),

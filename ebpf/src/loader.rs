@@ -1,7 +1,7 @@
 //! Preflight, loading, attaching and pinning; adoption of pinned state; cleanup.
 //!
 //! Layout under the pin root (default `/sys/fs/bpf/svcplane/`):
-//! `v1_services`, `v1_rr`, `v1_udp_sticky`, `v1_rev`, `v1_affinity` (maps) and
+//! `v1_services`, `v1_rr`, `v1_udp_sticky`, `v1_rev`, `v1_affinity`, `v1_tcp_peer` (maps) and
 //! `links/v1_<program>` (one cgroup link per program). A start loads the programs against
 //! the pinned maps (creating them if absent), attaches them next to the links already
 //! there and renames the new link pins over the old ones: both run for a moment (the
@@ -26,12 +26,13 @@ use crate::sync::FrontendSet;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svcplane.bpf.o"));
 
 /// Map names in the object (and their pin names).
-pub(crate) const MAPS: [&str; 5] = [
+pub(crate) const MAPS: [&str; 6] = [
     "v1_services",
     "v1_rr",
     "v1_udp_sticky",
     "v1_rev",
     "v1_affinity",
+    "v1_tcp_peer",
 ];
 
 /// Programs in the object.
@@ -61,10 +62,16 @@ pub(crate) struct Loaded {
 }
 
 /// Everything a start does before the first sync.
-pub(crate) fn load(pin_root: &Path, cgroup: Option<&Path>) -> Result<Loaded, EbpfError> {
+pub(crate) fn load(
+    pin_root: &Path,
+    cgroup: Option<&Path>,
+    tcp_peer_vip: bool,
+) -> Result<Loaded, EbpfError> {
     let cgroup = preflight(pin_root, cgroup)?;
     let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, pin_root.join(m))).collect();
     let mut loader = EbpfLoader::new();
+    let tcp_peer_vip = u32::from(tcp_peer_vip);
+    loader.override_global("cfg_tcp_peer_vip", &tcp_peer_vip, true);
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
     }

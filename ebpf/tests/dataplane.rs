@@ -43,6 +43,8 @@ async fn tcp_round_robin_is_exact() {
     let dp = env.start().await;
     wait_programmed(&dp, v).await;
     let lines = env.client(&["tcp", "10.96.0.10", "80", "9"]);
+    // By default TCP getpeername shows the endpoint (no write on the connect path).
+    assert!(lines[0].contains(" 127.0.0."), "{lines:?}");
     let got = names(&lines);
     assert_eq!(got.len(), 9, "{lines:?}");
     // Exact rotation: every window of 3 holds each backend once, in the same order.
@@ -431,4 +433,44 @@ async fn connected_udp_keeps_its_endpoint_until_it_reconnects() {
         !third.starts_with(&format!("{name} ")),
         "reconnected: {third}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_getpeername_shows_the_vip_when_asked() {
+    if !require_root() {
+        return;
+    }
+    let mut env = Env::new();
+    let _b = three_backends(&env);
+    for i in 1..=2 {
+        env.ns.add_lo(&format!("fd00:1::{i}/128"));
+    }
+    let _b6: Vec<Backend> = (1..=2)
+        .map(|i| Backend::start(&env.ns, &format!("v6b{i}"), &format!("[fd00:1::{i}]:8080")))
+        .collect();
+    let mut yaml = service("web", &["10.96.0.10"], &THREE);
+    yaml.push_str("---\n");
+    yaml.push_str(
+        &service(
+            "web6",
+            &["fd00:96::10"],
+            &[("fd00:1::1", true), ("fd00:1::2", true)],
+        )
+        .replace("nodePort: 30080", "nodePort: 30081")
+        .replace("nodePort: 30053", "nodePort: 30054"),
+    );
+    let v = env.publish(&yaml);
+    let mut opts = env.options();
+    opts.tcp_getpeername_vip = true;
+    let dp = env.start_with(opts).await;
+    wait_programmed(&dp, v).await;
+    for l in env.client(&["tcp", "10.96.0.10", "80", "3"]) {
+        assert!(l.starts_with('b') && l.ends_with(" 10.96.0.10"), "{l}");
+    }
+    for l in env.client(&["tcp", "fd00:96::10", "80", "2"]) {
+        assert!(l.starts_with("v6b") && l.ends_with(" fd00:96::10"), "{l}");
+    }
+    // A connection made without the frontend is untouched.
+    let direct = env.client(&["tcp", "127.0.0.2", "8080", "1"]);
+    assert_eq!(direct, ["b1 127.0.0.2"]);
 }

@@ -265,6 +265,7 @@ impl Env {
             cgroup: Some(self.cgroup.path.clone()),
             node_name: Some("node-a".into()),
             node_ips: vec!["10.0.0.5".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+            tcp_getpeername_vip: false,
         }
     }
 
@@ -284,7 +285,11 @@ impl Env {
     }
 
     pub async fn start(&self) -> EbpfDataPlane {
-        EbpfDataPlane::start(self.options(), self.tx.subscribe())
+        self.start_with(self.options()).await
+    }
+
+    pub async fn start_with(&self, opts: EbpfOptions) -> EbpfDataPlane {
+        EbpfDataPlane::start(opts, self.tx.subscribe())
             .await
             .expect("start the eBPF data plane")
     }

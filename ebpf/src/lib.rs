@@ -52,7 +52,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use loader::cleanup;
-pub use maps::BpfMaps;
+pub use maps::{BpfMaps, read_frontends};
 pub use sync::{FrontendSet, FrontendState, MapOp, MapOps, NodeInfo, SyncReport, Syncer};
 
 /// Where maps and links are pinned unless told otherwise.

@@ -157,6 +157,13 @@ async fn ipv6_tcp_round_robin_and_udp() {
     let dp = env.start().await;
     wait_programmed(&dp, v).await;
     let got = names(&env.client(&["tcp", "fd00:96::10", "80", "4"]));
+    let programmed = svcplane_ebpf::read_frontends(&env.pins.path).unwrap();
+    let web6: Vec<_> = programmed
+        .iter()
+        .filter(|(f, _)| f.ip == "fd00:96::10".parse::<std::net::IpAddr>().unwrap())
+        .collect();
+    assert_eq!(web6.len(), 2, "TCP and UDP frontends: {programmed:?}");
+    assert!(web6.iter().all(|(_, s)| s.endpoints.len() == 2), "{web6:?}");
     assert_eq!(got[0..2], got[2..4], "{got:?}");
     assert_ne!(got[0], got[1], "{got:?}");
     let lines = env.client(&["udp-sendto", "fd00:96::10", "53", "3"]);
@@ -184,8 +191,13 @@ async fn node_port_on_node_address_and_loopback_without_not_ready_endpoints() {
     ));
     let dp = env.start().await;
     wait_programmed(&dp, v).await;
-    for host in ["10.0.0.5", "127.0.0.1", "10.96.0.10"] {
-        let port = if host == "10.96.0.10" { "80" } else { "30080" };
+    // (::ffff:10.96.0.10: an IPv4 frontend reached from an IPv6 socket.)
+    for host in ["10.0.0.5", "127.0.0.1", "10.96.0.10", "::ffff:10.96.0.10"] {
+        let port = if host.ends_with("10.96.0.10") {
+            "80"
+        } else {
+            "30080"
+        };
         let mut got = names(&env.client(&["tcp", host, port, "6"]));
         got.sort();
         assert_eq!(got, ["b1", "b1", "b1", "b3", "b3", "b3"], "{host}");

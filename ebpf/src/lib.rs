@@ -45,7 +45,7 @@ pub mod sync;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use svcplane_config::Snapshot;
 use tokio::sync::watch;
@@ -231,8 +231,11 @@ impl Drop for EbpfDataPlane {
     }
 }
 
-/// The programming loop: one sync per snapshot; after a failed sync the next one starts
-/// from the maps' real content.
+/// How long a failed sync waits before it is retried (unless a new snapshot comes first).
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The programming loop: one sync per snapshot. After a failed sync the syncer restarts
+/// from the maps' real content and the snapshot is retried after [`RETRY`].
 fn run(
     handle: tokio::runtime::Handle,
     loaded: loader::Loaded,
@@ -247,25 +250,15 @@ fn run(
     let mut syncer = Syncer::new(node.clone(), current);
     loop {
         let snap = snapshots.borrow_and_update().clone();
+        let mut failed = false;
         if snap.version > 0 && *programmed.borrow() != snap.version {
-            let started = Instant::now();
-            match syncer.sync(&snap, &mut maps) {
-                Ok(report) => {
-                    for (fe, port) in &report.conflicts {
-                        tracing::warn!(frontend = %fe, port = %port, "frontend already taken by another Service port");
-                    }
-                    tracing::debug!(
-                        version = snap.version,
-                        ports_changed = report.ports_changed,
-                        ops = report.ops,
-                        frontends = report.frontends,
-                        took_us = started.elapsed().as_micros() as u64,
-                        "eBPF maps programmed"
-                    );
+            match program(&mut syncer, &mut maps, &snap) {
+                Ok(()) => {
                     programmed.send_replace(snap.version);
                 }
                 Err(e) => {
-                    tracing::error!(version = snap.version, error = %e, "programming the eBPF maps failed; retried from the maps' content on the next snapshot");
+                    failed = true;
+                    tracing::error!(version = snap.version, error = %e, "programming the eBPF maps failed; retrying from the maps' content");
                     match maps.adopt() {
                         Ok(current) => syncer = Syncer::new(node.clone(), current),
                         Err(e) => tracing::error!(error = %e, "reading the services map"),
@@ -277,10 +270,33 @@ fn run(
             tokio::select! {
                 r = stop.changed() => r.is_err() || *stop.borrow(),
                 r = snapshots.changed() => r.is_err(),
+                () = tokio::time::sleep(RETRY), if failed => false,
             }
         });
         if stopped || *stop.borrow() {
             break;
         }
     }
+}
+
+/// One sync, logged.
+fn program(
+    syncer: &mut Syncer,
+    maps: &mut BpfMaps,
+    snap: &Arc<Snapshot>,
+) -> Result<(), aya::maps::MapError> {
+    let started = Instant::now();
+    let report = syncer.sync(snap, maps)?;
+    for (fe, port) in &report.conflicts {
+        tracing::warn!(frontend = %fe, port = %port, "frontend already taken by another Service port");
+    }
+    tracing::debug!(
+        version = snap.version,
+        ports_changed = report.ports_changed,
+        ops = report.ops,
+        frontends = report.frontends,
+        took_us = started.elapsed().as_micros() as u64,
+        "eBPF maps programmed"
+    );
+    Ok(())
 }

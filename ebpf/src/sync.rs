@@ -6,7 +6,7 @@
 //! [`Syncer`] keeps the content per Service port so that a snapshot costs work only for the
 //! ports it changed, and applies the operations through the [`MapOps`] seam.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -330,67 +330,93 @@ impl Syncer {
         report.ports_changed = changes.len();
         let mut ops = Vec::new();
         // Removals first, so a frontend moving between ports is free when claimed.
-        let mut wanted: Vec<(ServicePortKey, Vec<(Frontend, FrontendState)>)> = Vec::new();
-        for c in &changes {
+        let wanted = self.release_unwanted(&changes, &mut ops);
+        self.apply(&mut ops, maps, &mut report)?;
+        if full {
+            self.release_leftovers(&wanted, &mut ops);
+            self.apply(&mut ops, maps, &mut report)?;
+        }
+        for (key, want) in wanted {
+            self.claim(key, want, &mut ops, &mut report);
+            self.apply(&mut ops, maps, &mut report)?;
+        }
+        self.prev = Some(Arc::clone(snap));
+        report.frontends = self.state.len();
+        Ok(report)
+    }
+
+    /// The frontends each changed port wants; deletes those its ports no longer want.
+    fn release_unwanted(
+        &mut self,
+        changes: &[Change<ServicePortKey, Arc<PortView>>],
+        ops: &mut Vec<MapOp>,
+    ) -> Vec<(ServicePortKey, Vec<(Frontend, FrontendState)>)> {
+        let mut wanted = Vec::with_capacity(changes.len());
+        for c in changes {
             let (key, want) = match c {
                 Change::Removed(k) => (k, Vec::new()),
                 Change::Added(k, v) | Change::Changed(k, v) => (k, self.wanted(v)),
             };
             let keep: BTreeSet<Frontend> = want.iter().map(|(f, _)| *f).collect();
             for fe in self.ports.remove(key).unwrap_or_default() {
-                if keep.contains(&fe) {
-                    continue;
+                if !keep.contains(&fe) {
+                    self.release(fe, ops);
                 }
-                self.release(fe, &mut ops);
             }
             wanted.push((key.clone(), want));
         }
-        self.apply(&mut ops, maps, &mut report)?;
-        if full {
-            let claimed: std::collections::HashSet<Frontend> = wanted
-                .iter()
-                .flat_map(|(_, w)| w.iter().map(|(f, _)| *f))
-                .collect();
-            let leftovers: Vec<Frontend> = self
-                .state
-                .keys()
-                .filter(|fe| !self.owners.contains_key(fe) && !claimed.contains(fe))
-                .copied()
-                .collect();
-            for fe in leftovers {
-                self.release(fe, &mut ops);
-            }
-            self.apply(&mut ops, maps, &mut report)?;
+        wanted
+    }
+
+    /// On a full sync: deletes adopted frontends no port wants.
+    fn release_leftovers(
+        &mut self,
+        wanted: &[(ServicePortKey, Vec<(Frontend, FrontendState)>)],
+        ops: &mut Vec<MapOp>,
+    ) {
+        let claimed: HashSet<Frontend> = wanted
+            .iter()
+            .flat_map(|(_, w)| w.iter().map(|(f, _)| *f))
+            .collect();
+        let leftovers: Vec<Frontend> = self
+            .state
+            .keys()
+            .filter(|fe| !self.owners.contains_key(fe) && !claimed.contains(fe))
+            .copied()
+            .collect();
+        for fe in leftovers {
+            self.release(fe, ops);
         }
-        for (key, want) in wanted {
-            let mut owned = Vec::with_capacity(want.len());
-            for (fe, mut next) in want {
-                match self.owners.get(&fe) {
-                    Some(owner) if *owner != key => {
-                        report.conflicts.push((fe, key.clone()));
-                        continue;
-                    }
-                    _ => {}
-                }
-                let prev = self.state.get(&fe);
-                next.id = match prev {
-                    Some(p) => p.id,
-                    None => self.ids.alloc(),
-                };
-                next.endpoints = place(prev.map_or(&[][..], |p| &p.endpoints[..]), &next.endpoints);
-                diff_one(fe, prev, Some(&next), &mut ops);
-                self.owners.insert(fe, key.clone());
-                self.state.insert(fe, next);
-                owned.push(fe);
+    }
+
+    /// Writes (or rewrites) the frontends a port wants, except those another port owns.
+    fn claim(
+        &mut self,
+        key: ServicePortKey,
+        want: Vec<(Frontend, FrontendState)>,
+        ops: &mut Vec<MapOp>,
+        report: &mut SyncReport,
+    ) {
+        let mut owned = Vec::with_capacity(want.len());
+        for (fe, mut next) in want {
+            if self.owners.get(&fe).is_some_and(|owner| *owner != key) {
+                report.conflicts.push((fe, key.clone()));
+                continue;
             }
-            if !owned.is_empty() {
-                self.ports.insert(key, owned);
-            }
-            self.apply(&mut ops, maps, &mut report)?;
+            let prev = self.state.get(&fe);
+            next.id = match prev {
+                Some(p) => p.id,
+                None => self.ids.alloc(),
+            };
+            next.endpoints = place(prev.map_or(&[][..], |p| &p.endpoints[..]), &next.endpoints);
+            diff_one(fe, prev, Some(&next), ops);
+            self.owners.insert(fe, key.clone());
+            self.state.insert(fe, next);
+            owned.push(fe);
         }
-        self.prev = Some(Arc::clone(snap));
-        report.frontends = self.state.len();
-        Ok(report)
+        if !owned.is_empty() {
+            self.ports.insert(key, owned);
+        }
     }
 
     /// Deletes a frontend from the maps and the bookkeeping.

@@ -486,3 +486,83 @@ async fn tcp_getpeername_shows_the_vip_when_asked() {
     let direct = env.client(&["tcp", "127.0.0.2", "8080", "1"]);
     assert_eq!(direct, ["b1 127.0.0.2"]);
 }
+
+/// The "daemon" of `sigkill_keeps_routing_and_a_new_start_picks_up_a_change`: run as a
+/// child process of the test binary, killed with SIGKILL by that test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a helper process of another test"]
+async fn helper_daemon() {
+    let Some(spec) = std::env::var_os("SVCPLANE_EBPF_HELPER") else {
+        return;
+    };
+    let spec = spec.to_string_lossy().to_string();
+    let mut parts = spec.split('|');
+    let (pins, cgroup, dir) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let mut loader = svcplane_config::Loader::new(dir, svcplane_config::ParseOptions::default());
+    let snap = loader.reload().unwrap().0.unwrap();
+    let v = snap.version;
+    let (_tx, rx) = tokio::sync::watch::channel(snap);
+    let opts = svcplane_ebpf::EbpfOptions {
+        pin_root: pins.into(),
+        cgroup: Some(cgroup.into()),
+        ..svcplane_ebpf::EbpfOptions::default()
+    };
+    let dp = svcplane_ebpf::EbpfDataPlane::start(opts, rx).await.unwrap();
+    wait_programmed(&dp, v).await;
+    println!("READY");
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_keeps_routing_and_a_new_start_picks_up_a_change() {
+    use std::io::{BufRead, BufReader};
+    if !require_root() {
+        return;
+    }
+    let mut env = Env::new();
+    let _b = three_backends(&env);
+    env.publish(&service(
+        "web",
+        &["10.96.0.10"],
+        &[("127.0.0.2", true), ("127.0.0.3", true)],
+    ));
+    let spec = format!(
+        "{}|{}|{}",
+        env.pins.path.display(),
+        env.cgroup.path.display(),
+        env.manifests.path().display()
+    );
+    let mut daemon = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["helper_daemon", "--exact", "--ignored", "--nocapture"])
+        .env("SVCPLANE_EBPF_HELPER", spec)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(daemon.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("READY") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "helper exited");
+    }
+    daemon.kill().unwrap(); // SIGKILL
+    daemon.wait().unwrap();
+    let mut got = names(&env.client(&["tcp", "10.96.0.10", "80", "4"]));
+    got.sort();
+    assert_eq!(got, ["b1", "b1", "b2", "b2"], "routed with the daemon dead");
+    // A change made while no daemon runs, picked up by the next start.
+    let v = env.publish(&service(
+        "web",
+        &["10.96.0.10"],
+        &[("127.0.0.3", true), ("127.0.0.4", true)],
+    ));
+    let dp = env.start().await;
+    wait_programmed(&dp, v).await;
+    let mut got = names(&env.client(&["tcp", "10.96.0.10", "80", "4"]));
+    got.sort();
+    assert_eq!(got, ["b2", "b2", "b3", "b3"]);
+    dp.stop().await;
+}

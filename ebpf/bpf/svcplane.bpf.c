@@ -406,3 +406,57 @@ int getpeername6(struct bpf_sock_addr *ctx)
 {
 	return do_reverse(ctx, 1);
 }
+
+/* === stale connected UDP === */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct svc_stale_key);
+	__type(value, __u8);
+} v1_stale SEC(".maps");
+
+/* A call through this pointer compiles to `call SVC_KFUNC_SOCK_DESTROY_MARKER`; the loader
+ * rewrites it into a kfunc call of bpf_sock_destroy (aya 0.14 does not relocate kfunc
+ * calls). Without the rewrite the program is not loaded. */
+static long (*svc_sock_destroy)(void *sk) = (void *)SVC_KFUNC_SOCK_DESTROY_MARKER;
+
+/* The first two members of the kernel's struct bpf_iter__udp. */
+struct svc_iter_udp {
+	void *meta;
+	void *udp_sk;
+};
+
+/* Offsets in struct sock_common, unchanged since Linux 2.6. */
+#define SKC_DADDR 0
+#define SKC_DPORT 12
+#define SKC_FAMILY 16
+#define SVC_AF_INET 2
+
+/* Aborts every connected IPv4 UDP socket of the iterated network namespace that this
+ * program balanced to an endpoint listed in v1_stale. */
+SEC("iter/udp")
+int udp_destroy(struct svc_iter_udp *ctx)
+{
+	void *sk = ctx->udp_sk;
+
+	if (!sk)
+		return 0;
+	if (*(__u16 *)(sk + SKC_FAMILY) != SVC_AF_INET)
+		return 0;
+	struct svc_stale_key key = {};
+	key.addr[0] = *(__u32 *)(sk + SKC_DADDR);
+	key.port = *(__u16 *)(sk + SKC_DPORT);
+	key.family = SVC_FAMILY_V4;
+	if (!key.addr[0] || !bpf_map_lookup_elem(&v1_stale, &key))
+		return 0;
+	struct svc_rev_key rk = {};
+	rk.cookie = bpf_get_socket_cookie(sk);
+	rk.addr[0] = key.addr[0];
+	rk.port = key.port;
+	rk.family = SVC_FAMILY_V4;
+	if (!bpf_map_lookup_elem(&v1_rev, &rk))
+		return 0;
+	svc_sock_destroy(sk);
+	return 0;
+}

@@ -22,11 +22,14 @@
 //!
 //! Stale UDP (an endpoint removed while sockets still talk to it): unconnected UDP is
 //! re-pointed on its next `sendmsg`, because each datagram checks with one lookup that its
-//! remembered endpoint is still in the same slot of the frontend. `bpf_sock_destroy` through
-//! a socket iterator was not used: it is a kfunc, and aya 0.14 does not relocate kfunc
-//! calls (`extern ... __ksym`), though kernel 6.18 has the kfunc and `iter/udp`. A
-//! *connected* UDP socket is not re-pointed: the kernel does not run the sendmsg hook for
-//! sockets that send without a destination, so it keeps its endpoint until it reconnects.
+//! remembered endpoint is still in the same slot of the frontend. A *connected* UDP socket
+//! cannot be re-pointed (the kernel runs no sendmsg hook for a send without destination),
+//! so after a sync that removed UDP endpoints the data plane aborts the connected UDP
+//! sockets it had pointed at them with `bpf_sock_destroy`, from an `iter/udp` program run
+//! in every network namespace of the node; the application gets ECONNABORTED and
+//! reconnects to a current endpoint. aya 0.14 does not relocate kfunc calls, so the loader
+//! patches the call itself (`stale`); on kernels without the kfunc (< 6.5) this is skipped
+//! with a warning. IPv6 connected sockets are not aborted (see `stale`).
 //!
 //! TCP `getpeername` shows the endpoint by default: showing the frontend needs a write per
 //! TCP connect (socket storage, `v1_tcp_peer`), which the connect path avoids unless
@@ -40,6 +43,7 @@
 mod abi;
 pub mod loader;
 mod maps;
+mod stale;
 pub mod sync;
 
 use std::net::IpAddr;
@@ -245,7 +249,10 @@ fn run(
     programmed: watch::Sender<u64>,
 ) {
     let loader::Loaded {
-        mut maps, current, ..
+        mut maps,
+        current,
+        mut purger,
+        ..
     } = loaded;
     let mut syncer = Syncer::new(node.clone(), current);
     loop {
@@ -253,8 +260,11 @@ fn run(
         let mut failed = false;
         if snap.version > 0 && *programmed.borrow() != snap.version {
             match program(&mut syncer, &mut maps, &snap) {
-                Ok(()) => {
+                Ok(removed_udp) => {
                     programmed.send_replace(snap.version);
+                    if let (Some(p), false) = (&mut purger, removed_udp.is_empty()) {
+                        purge(p, &removed_udp);
+                    }
                 }
                 Err(e) => {
                     failed = true;
@@ -279,12 +289,26 @@ fn run(
     }
 }
 
-/// One sync, logged.
+/// Aborts connected UDP sockets still pointing at `removed` endpoints.
+fn purge(purger: &mut stale::Purger, removed: &[std::net::SocketAddr]) {
+    let started = Instant::now();
+    match purger.purge(removed) {
+        Ok(namespaces) => tracing::debug!(
+            endpoints = removed.len(),
+            namespaces,
+            took_us = started.elapsed().as_micros() as u64,
+            "connected UDP sockets of removed endpoints aborted"
+        ),
+        Err(e) => tracing::warn!(error = %e, "aborting connected UDP sockets of removed endpoints"),
+    }
+}
+
+/// One sync, logged; the endpoints that left UDP frontends.
 fn program(
     syncer: &mut Syncer,
     maps: &mut BpfMaps,
     snap: &Arc<Snapshot>,
-) -> Result<(), aya::maps::MapError> {
+) -> Result<Vec<std::net::SocketAddr>, aya::maps::MapError> {
     let started = Instant::now();
     let report = syncer.sync(snap, maps)?;
     for (fe, port) in &report.conflicts {
@@ -298,5 +322,5 @@ fn program(
         took_us = started.elapsed().as_micros() as u64,
         "eBPF maps programmed"
     );
-    Ok(())
+    Ok(report.removed_udp)
 }

@@ -20,10 +20,12 @@ use aya::{Ebpf, EbpfLoader};
 use crate::EbpfError;
 use crate::abi::{SvcKey, SvcValue};
 use crate::maps::BpfMaps;
+use crate::stale::{self, Purger};
 use crate::sync::FrontendSet;
 
 /// The compiled programs (`bpf/svcplane.bpf.c`, built by `build.rs`).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svcplane.bpf.o"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svcplane.bpf.o"));
 
 /// Map names in the object (and their pin names).
 pub(crate) const MAPS: [&str; 6] = [
@@ -59,6 +61,9 @@ pub(crate) struct Loaded {
     pub(crate) maps: BpfMaps,
     pub(crate) current: FrontendSet,
     pub(crate) cgroup: PathBuf,
+    /// Aborts connected UDP sockets of removed endpoints; `None` where the kernel or the
+    /// object patch does not allow it.
+    pub(crate) purger: Option<Purger>,
 }
 
 /// Everything a start does before the first sync.
@@ -75,7 +80,10 @@ pub(crate) fn load(
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut bpf = loader.load(OBJECT).map_err(classify)?;
+    let patched = stale::sock_destroy_btf_id()
+        .and_then(|(btf, id)| stale::patch_object(OBJECT, id).map(|o| (btf, o)));
+    let object: &[u8] = patched.as_ref().map_or(OBJECT, |(_, o)| &o[..]);
+    let mut bpf = loader.load(object).map_err(classify)?;
     attach_all(&mut bpf, pin_root, &cgroup)?;
     let services = bpf
         .take_map("v1_services")
@@ -90,10 +98,26 @@ pub(crate) fn load(
         name: "v1_services",
         source,
     })?;
+    let purger = match patched {
+        Some((btf, _)) => match Purger::new(bpf, &btf) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "bpf_sock_destroy unavailable: connected UDP sockets keep a removed endpoint until they reconnect");
+                None
+            }
+        },
+        None => {
+            tracing::warn!(
+                "no bpf_sock_destroy in this kernel: connected UDP sockets keep a removed endpoint until they reconnect"
+            );
+            None
+        }
+    };
     Ok(Loaded {
         maps,
         current,
         cgroup,
+        purger,
     })
 }
 

@@ -271,6 +271,8 @@ pub struct SyncReport {
     pub frontends: usize,
     /// Frontends two Service ports want; the first keeps it.
     pub conflicts: Vec<(Frontend, ServicePortKey)>,
+    /// Endpoints that left a UDP frontend (connected UDP sockets may still point there).
+    pub removed_udp: Vec<SocketAddr>,
 }
 
 /// Keeps the map content per Service port and applies snapshots as diffs.
@@ -285,6 +287,8 @@ pub struct Syncer {
     /// What the maps hold.
     state: FrontendSet,
     ids: IdAlloc,
+    /// Endpoints removed from UDP frontends during the current sync.
+    removed_udp: Vec<SocketAddr>,
 }
 
 impl Syncer {
@@ -302,6 +306,7 @@ impl Syncer {
             owners: HashMap::new(),
             state: current,
             ids,
+            removed_udp: Vec::new(),
         }
     }
 
@@ -318,6 +323,7 @@ impl Syncer {
         maps: &mut M,
     ) -> Result<SyncReport, M::Error> {
         let mut report = SyncReport::default();
+        self.removed_udp.clear();
         let changes: Vec<Change<ServicePortKey, Arc<PortView>>> = match &self.prev {
             Some(prev) => changed_ports(prev.ports(), snap.ports()),
             None => snap
@@ -342,6 +348,10 @@ impl Syncer {
         }
         self.prev = Some(Arc::clone(snap));
         report.frontends = self.state.len();
+        let mut removed = std::mem::take(&mut self.removed_udp);
+        removed.sort();
+        removed.dedup();
+        report.removed_udp = removed;
         Ok(report)
     }
 
@@ -409,6 +419,13 @@ impl Syncer {
                 None => self.ids.alloc(),
             };
             next.endpoints = place(prev.map_or(&[][..], |p| &p.endpoints[..]), &next.endpoints);
+            if let Some(p) = prev
+                && fe.protocol == Protocol::Udp
+            {
+                let now: HashSet<&SocketAddr> = next.endpoints.iter().collect();
+                self.removed_udp
+                    .extend(p.endpoints.iter().filter(|e| !now.contains(e)).copied());
+            }
             diff_one(fe, prev, Some(&next), ops);
             self.owners.insert(fe, key.clone());
             self.state.insert(fe, next);
@@ -425,6 +442,9 @@ impl Syncer {
         if let Some(prev) = self.state.remove(&fe) {
             diff_one(fe, Some(&prev), None, ops);
             self.ids.free(prev.id);
+            if fe.protocol == Protocol::Udp {
+                self.removed_udp.extend(prev.endpoints);
+            }
         }
     }
 

@@ -432,9 +432,22 @@ struct svc_iter_udp {
 #define SKC_DPORT 12
 #define SKC_FAMILY 16
 #define SVC_AF_INET 2
+#define SVC_AF_INET6 10
 
-/* Aborts every connected IPv4 UDP socket of the iterated network namespace that this
- * program balanced to an endpoint listed in v1_stale. */
+/* The IPv6 destination moves with the kernel's configuration: its offset is relocated
+ * (CO-RE) against the running kernel's BTF by the loader. */
+struct in6_addr___svc {
+	union {
+		__u32 u6_addr32[4];
+	} in6_u;
+};
+
+struct sock_common___svc {
+	struct in6_addr___svc skc_v6_daddr;
+} __attribute__((preserve_access_index));
+
+/* Aborts every connected UDP socket of the iterated network namespace that this program
+ * balanced to an endpoint listed in v1_stale. */
 SEC("iter/udp")
 int udp_destroy(struct svc_iter_udp *ctx)
 {
@@ -442,19 +455,39 @@ int udp_destroy(struct svc_iter_udp *ctx)
 
 	if (!sk)
 		return 0;
-	if (*(__u16 *)(sk + SKC_FAMILY) != SVC_AF_INET)
-		return 0;
+	__u16 family = *(__u16 *)(sk + SKC_FAMILY);
 	struct svc_stale_key key = {};
-	key.addr[0] = *(__u32 *)(sk + SKC_DADDR);
 	key.port = *(__u16 *)(sk + SKC_DPORT);
-	key.family = SVC_FAMILY_V4;
-	if (!key.addr[0] || !bpf_map_lookup_elem(&v1_stale, &key))
+	if (family == SVC_AF_INET) {
+		key.addr[0] = *(__u32 *)(sk + SKC_DADDR);
+		key.family = SVC_FAMILY_V4;
+	} else if (family == SVC_AF_INET6) {
+		struct sock_common___svc *skc = sk;
+		key.addr[0] = skc->skc_v6_daddr.in6_u.u6_addr32[0];
+		key.addr[1] = skc->skc_v6_daddr.in6_u.u6_addr32[1];
+		key.addr[2] = skc->skc_v6_daddr.in6_u.u6_addr32[2];
+		key.addr[3] = skc->skc_v6_daddr.in6_u.u6_addr32[3];
+		key.family = SVC_FAMILY_V6;
+		/* An IPv6 socket connected to an IPv4 endpoint (::ffff:a.b.c.d). */
+		if (key.addr[0] == 0 && key.addr[1] == 0 && key.addr[2] == bpf_htonl(0xffff)) {
+			key.addr[0] = key.addr[3];
+			key.addr[2] = 0;
+			key.addr[3] = 0;
+			key.family = SVC_FAMILY_V4;
+		}
+	} else {
+		return 0;
+	}
+	if (!key.port || !bpf_map_lookup_elem(&v1_stale, &key))
 		return 0;
 	struct svc_rev_key rk = {};
 	rk.cookie = bpf_get_socket_cookie(sk);
 	rk.addr[0] = key.addr[0];
+	rk.addr[1] = key.addr[1];
+	rk.addr[2] = key.addr[2];
+	rk.addr[3] = key.addr[3];
 	rk.port = key.port;
-	rk.family = SVC_FAMILY_V4;
+	rk.family = key.family;
 	if (!bpf_map_lookup_elem(&v1_rev, &rk))
 		return 0;
 	svc_sock_destroy(sk);

@@ -29,7 +29,7 @@
 //! in every network namespace of the node; the application gets ECONNABORTED and
 //! reconnects to a current endpoint. aya 0.14 does not relocate kfunc calls, so the loader
 //! patches the call itself (`stale`); on kernels without the kfunc (< 6.5) this is skipped
-//! with a warning. IPv6 connected sockets are not aborted (see `stale`).
+//! with a warning.
 //!
 //! TCP `getpeername` shows the endpoint by default: showing the frontend needs a write per
 //! TCP connect (socket storage, `v1_tcp_peer`), which the connect path avoids unless

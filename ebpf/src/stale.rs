@@ -10,8 +10,9 @@
 //! the network namespace of the thread that opens it, so [`Purger::purge`] opens one in
 //! every network namespace of the node (`/proc/*/ns/net`, `/run/netns/*`).
 //!
-//! Only IPv4 (and IPv4-mapped) sockets are handled: the IPv6 destination sits at an offset
-//! of `struct sock_common` that depends on the kernel's configuration.
+//! IPv4, IPv4-mapped and IPv6 sockets are handled; the IPv6 destination's offset in
+//! `struct sock_common` depends on the kernel's configuration and is relocated (CO-RE)
+//! against the running kernel's BTF by aya.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -85,7 +86,6 @@ impl Purger {
     pub(crate) fn purge(&mut self, removed: &[SocketAddr]) -> Result<usize, String> {
         let keys: Vec<SvcStaleKey> = removed
             .iter()
-            .filter(|a| a.is_ipv4())
             .map(|a| {
                 let (addr, family) = abi::addr_words(a.ip());
                 SvcStaleKey {

@@ -531,3 +531,40 @@ async fn sigkill_keeps_routing_and_a_new_start_picks_up_a_change() {
     assert_eq!(got, ["b2", "b2", "b3", "b3"]);
     dp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_udp6_to_a_removed_endpoint_is_aborted() {
+    if !require_root() {
+        return;
+    }
+    let mut env = Env::new();
+    let mut _b = Vec::new();
+    let eps = [("fd00:1::1", true), ("fd00:1::2", true)];
+    for i in 1..=2 {
+        env.ns.add_lo(&format!("fd00:1::{i}/128"));
+        _b.push(Backend::start(
+            &env.ns,
+            &format!("b{i}"),
+            &format!("[fd00:1::{i}]:5353"),
+        ));
+    }
+    let v = env.publish(&service("dns6", &["fd00:96::10"], &eps));
+    let dp = env.start().await;
+    wait_programmed(&dp, v).await;
+    let go = env.manifests.path().join("go");
+    let go_s = go.to_string_lossy().to_string();
+    let mut client = env.client_spawn(&["udp-connect-wait", "fd00:96::10", "53", &go_s]);
+    let first = client.read_line();
+    let name = first.split_whitespace().next().unwrap().to_string();
+    let keep = if name == "b1" { eps[1] } else { eps[0] };
+    let v = env.publish(&service("dns6", &["fd00:96::10"], &[keep]));
+    wait_programmed(&dp, v).await;
+    std::fs::write(&go, b"").unwrap();
+    let second = client.read_line();
+    let third = client.read_line();
+    assert!(second.starts_with("ERR"), "aborted: {first} then {second}");
+    assert!(
+        !third.starts_with(&name) && third.ends_with(" fd00:96::10 53"),
+        "reconnected: {third}"
+    );
+}

@@ -35,6 +35,16 @@
 //! TCP connect (socket storage, `v1_tcp_peer`), which the connect path avoids unless
 //! [`EbpfOptions::tcp_getpeername_vip`] asks for it. UDP sockets always see the frontend.
 //!
+//! Programming cost: a snapshot is applied as a diff per Service port (a shared
+//! `Arc<PortView>` is skipped by pointer), so one endpoint change costs about the same at
+//! 100 and at 10,000 Services; `tests/program_time.rs` measures it (cold load of 10,000
+//! Services × 10 endpoints ≈ 0.2–0.4 s, one change ≈ 0.1–0.4 ms here).
+//!
+//! For the binary: [`EbpfDataPlane::start`] with [`EbpfOptions`] (node addresses should
+//! include 127.0.0.1 to serve NodePorts there), wait on [`EbpfDataPlane::programmed`],
+//! [`EbpfDataPlane::stop`] on shutdown (pins stay and keep routing), [`cleanup`] for
+//! `svcplane cleanup`, [`read_frontends`] for status. One daemon per pin root.
+//!
 //! It must not: choose endpoints itself (selection is `PortView::routable_endpoints` of the
 //! config crate), know Kubernetes object types, attach to anything but the cgroup it is
 //! given, or touch pins outside its pin root. External NodePort traffic from other hosts is

@@ -289,6 +289,11 @@ pub struct Syncer {
     ids: IdAlloc,
     /// Endpoints removed from UDP frontends during the current sync.
     removed_udp: Vec<SocketAddr>,
+    /// Frontends a port wanted while another port held them: it gets them when they are
+    /// released.
+    blocked: HashMap<Frontend, ServicePortKey>,
+    /// Frontends released during the current sync while another port waits for them.
+    released: Vec<Frontend>,
 }
 
 impl Syncer {
@@ -307,6 +312,8 @@ impl Syncer {
             state: current,
             ids,
             removed_udp: Vec::new(),
+            blocked: HashMap::new(),
+            released: Vec::new(),
         }
     }
 
@@ -324,6 +331,7 @@ impl Syncer {
     ) -> Result<SyncReport, M::Error> {
         let mut report = SyncReport::default();
         self.removed_udp.clear();
+        self.released.clear();
         let changes: Vec<Change<ServicePortKey, Arc<PortView>>> = match &self.prev {
             Some(prev) => changed_ports(prev.ports(), snap.ports()),
             None => snap
@@ -346,6 +354,26 @@ impl Syncer {
             self.claim(key, want, &mut ops, &mut report);
             self.apply(&mut ops, maps, &mut report)?;
         }
+        // Frontends released while another port waited for them pass to that port in
+        // place (never invisible); those nobody takes are deleted.
+        let handover = std::mem::take(&mut self.released);
+        let waiting: BTreeSet<ServicePortKey> = handover
+            .iter()
+            .filter(|fe| !self.owners.contains_key(fe))
+            .filter_map(|fe| self.blocked.remove(fe))
+            .collect();
+        for key in waiting {
+            if let Some(view) = snap.port(&key) {
+                let want = self.wanted(view);
+                self.claim(key, want, &mut ops, &mut report);
+            }
+        }
+        for fe in handover {
+            if !self.owners.contains_key(&fe) {
+                self.delete(fe, &mut ops);
+            }
+        }
+        self.apply(&mut ops, maps, &mut report)?;
         self.prev = Some(Arc::clone(snap));
         report.frontends = self.state.len();
         let mut removed = std::mem::take(&mut self.removed_udp);
@@ -411,6 +439,7 @@ impl Syncer {
         for (fe, mut next) in want {
             if self.owners.get(&fe).is_some_and(|owner| *owner != key) {
                 report.conflicts.push((fe, key.clone()));
+                self.blocked.insert(fe, key.clone());
                 continue;
             }
             let prev = self.state.get(&fe);
@@ -436,9 +465,19 @@ impl Syncer {
         }
     }
 
-    /// Deletes a frontend from the maps and the bookkeeping.
+    /// Drops a port's ownership of a frontend and deletes it, unless another port waits
+    /// for it: then it stays visible until that port takes it (end of the sync).
     fn release(&mut self, fe: Frontend, ops: &mut Vec<MapOp>) {
         self.owners.remove(&fe);
+        if self.blocked.contains_key(&fe) {
+            self.released.push(fe);
+        } else {
+            self.delete(fe, ops);
+        }
+    }
+
+    /// Deletes a frontend from the maps and the bookkeeping.
+    fn delete(&mut self, fe: Frontend, ops: &mut Vec<MapOp>) {
         if let Some(prev) = self.state.remove(&fe) {
             diff_one(fe, Some(&prev), None, ops);
             self.ids.free(prev.id);
@@ -1079,6 +1118,50 @@ endpoints:
         // (ClusterIP and 127.0.0.1:nodePort, TCP and UDP).
         assert_eq!(costs[0], costs[1]);
         assert_eq!(costs[0], (2, 4));
+    }
+
+    #[test]
+    fn a_frontend_two_ports_want_stays_with_the_first_then_passes_on() {
+        let web = yaml(&[(1, vec![(1, true)], false)]);
+        // An externalIP + port equal to node address 127.0.0.1 × web's nodePort 30001.
+        let other = "---
+apiVersion: v1
+kind: Service
+metadata: {name: zz, namespace: default}
+spec:
+  clusterIP: 10.96.2.1
+  externalIPs: [127.0.0.1]
+  ports: [{port: 30001, targetPort: 9}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: zz, namespace: default, labels: {kubernetes.io/service-name: zz}}
+addressType: IPv4
+ports: [{port: 9}]
+endpoints:
+- {addresses: [10.0.0.9]}
+";
+        let mut m = Manifests::new();
+        let snap = m.snapshot(&format!("{web}{other}"));
+        let mut maps = FakeMaps::default();
+        let mut s = Syncer::new(node(), FrontendSet::new());
+        let report = s.sync(&snap, &mut maps).unwrap();
+        let contested = Frontend {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            port: 30001,
+            protocol: Protocol::Tcp,
+        };
+        assert_eq!(report.conflicts.len(), 1, "{report:?}");
+        assert_eq!(report.conflicts[0].0, contested);
+        assert_eq!(&*report.conflicts[0].1.service.name, "zz");
+        assert_eq!(maps.content()[&contested].endpoints, vec![ep(1)]);
+        // web goes away: zz takes the frontend in the same sync.
+        let snap = m.snapshot(other);
+        let before = maps.content();
+        maps.expect(&before, &from_scratch(&snap));
+        s.sync(&snap, &mut maps).unwrap();
+        let nine = SocketAddr::new(IpAddr::from([10, 0, 0, 9]), 9);
+        assert_eq!(maps.content()[&contested].endpoints, vec![nine]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! 1.1.0 (A/AAAA, headless endpoints, SRV, PTR, ExternalName CNAME, `dns-version` TXT, SOA/NS,
 //! NXDOMAIN vs NODATA with SOA) and forwarding everything else to upstream resolvers:
 //! - [`table`]: `Snapshot -> DnsTable`, every answer encoded once per snapshot;
+//! - `index`: the table's flat name index, laid out to keep cache misses per query down;
 //! - [`wire`]: request bytes -> response bytes (the fast path reads the wire directly;
 //!   hickory-proto decodes anything unusual);
 //! - [`server`]: UDP on blocking SO_REUSEPORT threads, TCP through hickory-server;
@@ -19,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+mod index;
 pub mod metrics;
 pub mod server;
 pub mod table;

@@ -156,11 +156,12 @@ fn answer(
         return negative(req, p, None, ResponseCode::ServFail, transport, policy, out);
     };
     match table.lookup(key, p.qtype) {
-        Lookup::Answer(tpl) => {
-            out.extend_from_slice(tpl);
-            out[12..p.qend].copy_from_slice(&req[12..p.qend]);
+        Lookup::Answer(a) if a.is_available() => {
+            a.write(&req[12..p.qend], out);
             finish(req, p, ResponseCode::NoError, transport, policy, out)
         }
+        // The builder had no usable message for this answer: a failure, not a bad reply.
+        Lookup::Answer(_) => negative(req, p, None, ResponseCode::ServFail, transport, policy, out),
         Lookup::NoData(z) => negative(
             req,
             p,

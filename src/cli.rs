@@ -116,7 +116,8 @@ pub(crate) struct RunArgs {
     /// Seconds established connections may take to finish on SIGTERM/SIGINT [default: 30].
     #[arg(long, value_name = "SECS")]
     pub(crate) drain_timeout: Option<u64>,
-    /// YAML file carrying these flags (not part of this build yet: rejected when given).
+    /// YAML file of these flags, keyed by long name (`dns-ttl: 30`, `node-ip: [a, b]`);
+    /// flags given on the command line win.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Range ClusterIPs are allocated from for Services that state none (repeatable, one

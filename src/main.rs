@@ -9,18 +9,17 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 mod admin;
 mod check;
 mod cli;
+mod config_file;
 mod demo;
 mod logging;
 mod run;
 mod status;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = config_file::parse();
     match cli.command {
         cli::Command::Run(args) => run::main(*args),
         cli::Command::Check(args) => check::main(args),

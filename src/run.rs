@@ -63,12 +63,6 @@ pub(crate) type StartHook = Box<dyn FnOnce(Started) + Send>;
 pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::Result<()> {
     // Before anything can report readiness: a SIGTERM right after must stop us cleanly.
     let signals = Signals::install()?;
-    if let Some(cfg) = &args.config {
-        anyhow::bail!(
-            "--config {}: configuration files are not supported by this build; pass flags instead",
-            cfg.display()
-        );
-    }
     let inert = args.inert_flags();
     if !inert.is_empty() {
         tracing::warn!(

@@ -9,7 +9,7 @@ use svcplane_config::{Cidr, PortRange};
 /// svcplane: one node-local daemon doing the jobs of kube-proxy and CoreDNS, driven by
 /// Service and EndpointSlice manifests.
 #[derive(Debug, Parser)]
-#[command(name = "svcplane", version, about, long_about = None)]
+#[command(name = "svcplane", version, about, long_about = None, args_override_self = true)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -68,6 +68,15 @@ pub(crate) enum Mode {
     Userspace,
     /// Load, validate and watch manifests, serve DNS and the admin endpoint; route nothing.
     None,
+}
+
+impl Mode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Mode::Userspace => "userspace",
+            Mode::None => "none",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

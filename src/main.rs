@@ -14,9 +14,11 @@ mod check;
 mod cli;
 mod config_file;
 mod demo;
+mod health;
 mod logging;
 mod run;
 mod status;
+mod sync;
 
 fn main() -> ExitCode {
     let cli = config_file::parse();

@@ -9,14 +9,16 @@ use anyhow::Context as _;
 use svcplane_config::{
     AllocOptions, Change, Loader, ManifestWatcher, ParseOptions, Snapshot, diff,
 };
-use svcplane_dns::{DnsCollector, DnsConfig, DnsOptions, DnsServer};
-use svcplane_proxy::{ProxyOptions, UserspaceProxy};
+use svcplane_dns::{DnsCollector, DnsConfig, DnsOptions, DnsServer, DnsSource};
+use svcplane_proxy::{Probe, ProxyOptions, UserspaceProxy};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::cli::{Mode, RunArgs};
+use crate::health::{Health, ProbeEnds};
 use crate::logging;
+use crate::sync;
 
 /// How long a burst of file events may last before the reload starts.
 const QUIET_PERIOD: Duration = Duration::from_millis(10);
@@ -93,6 +95,8 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
     };
     let loader = Loader::with_allocation(vec![args.manifests.clone()], opts, alloc)?;
     let watcher = ManifestWatcher::start(loader, QUIET_PERIOD).context("cannot watch manifests")?;
+    // DNS and the data plane get snapshots through `sync`, which orders their updates.
+    let (dns_tx, dns_rx) = watch::channel(DnsSource::default());
     let dns = DnsServer::start(
         DnsOptions {
             listen: args.dns_listen,
@@ -100,19 +104,32 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
             upstreams: args.upstreams.clone(),
             udp_threads: 0,
         },
-        watcher.subscribe(),
+        dns_rx,
     )
     .await
     .context("--dns-listen")?;
     let dns_addr = dns.local_addr();
+    let (plane_tx, plane_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let probe = match args.mode {
+        Mode::None => None,
+        _ => Some(
+            ProbeEnds::bind()
+                .await
+                .context("cannot bind the self-test's probe listener on 127.0.0.1")?,
+        ),
+    };
     let proxy = match args.mode {
         Mode::Userspace => {
             let opts = ProxyOptions {
                 node_name: args.node_name.clone(),
                 node_ips: (!args.node_ips.is_empty()).then(|| args.node_ips.clone()),
+                probe: probe.as_ref().map(|p| Probe {
+                    frontend: p.frontend,
+                    backend: p.backend_addr(),
+                }),
                 ..ProxyOptions::default()
             };
-            let proxy = UserspaceProxy::start(opts, watcher.subscribe())
+            let proxy = UserspaceProxy::start(opts, plane_rx)
                 .await
                 .context("cannot start the userspace proxy")?;
             let ips: Vec<String> = proxy
@@ -127,16 +144,37 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
         Mode::None => None,
     };
     let cancel = CancellationToken::new();
+    let (settled_tx, settled) = watch::channel(0u64);
+    let plane = proxy.as_ref().map(|p| sync::Plane {
+        snapshots: plane_tx,
+        programmed: p.programmed(),
+    });
+    let sync_task = tokio::spawn(sync::run(
+        watcher.subscribe(),
+        dns_tx,
+        dns.applied(),
+        plane,
+        settled_tx,
+        cancel.clone(),
+    ));
     let mut collectors: Vec<Box<dyn prometheus_client::collector::Collector>> =
         vec![Box::new(DnsCollector(dns.metrics()))];
     if let Some(p) = &proxy {
         collectors.push(Box::new(p.collector()));
     }
+    // Stopped first on shutdown: a draining data plane is not a failing one.
+    let probe_cancel = cancel.child_token();
+    let mut health = Health::new(watcher.subscribe(), settled.clone());
+    let probe_tasks = match probe {
+        Some(ends) => health.start_probe(ends, args.mode.as_str(), &probe_cancel),
+        None => Vec::new(),
+    };
     let state = AdminState::new(
         watcher.subscribe(),
         watcher.stats(),
         collectors,
         proxy.as_ref().map(UserspaceProxy::status_source),
+        health,
     );
     let admin_task = tokio::spawn(admin::serve(listener, state, cancel.clone()));
     let log_task = tokio::spawn(log_changes(watcher.subscribe(), cancel.clone()));
@@ -149,11 +187,8 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
         "svcplane running"
     );
     if let Some(hook) = on_start {
-        if let Some(p) = &proxy {
-            let mut programmed = p.programmed();
-            let _ = tokio::time::timeout(Duration::from_secs(10), programmed.wait_for(|&v| v > 0))
-                .await;
-        }
+        let mut settled = settled.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(10), settled.wait_for(|&v| v > 0)).await;
         hook(Started {
             admin: admin_addr,
             dns: dns_addr,
@@ -162,6 +197,7 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
 
     signals.wait().await;
     tracing::info!("shutting down");
+    probe_cancel.cancel();
     if let Some(p) = proxy {
         let drain = args
             .drain_timeout
@@ -174,7 +210,10 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
     cancel.cancel();
     dns.stop().await;
     watcher.stop().await;
-    let _ = tokio::join!(admin_task, log_task);
+    let _ = tokio::join!(admin_task, log_task, sync_task);
+    for t in probe_tasks {
+        let _ = t.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -491,6 +491,7 @@ fn run_takes_flags_from_a_config_file_and_the_command_line_wins() {
     let v = &d.started;
     assert_eq!(v["mode"], "None", "{v}");
     let dns = v["dns"].as_str().unwrap().to_owned();
+    d.poll("/readyz", |c, _| c == 200);
     let (ip, port) = dns.rsplit_once(':').unwrap();
     let out = Command::new("dig")
         .args([

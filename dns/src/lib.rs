@@ -3,6 +3,8 @@
 //! It owns answering names per the Kubernetes DNS-Based Service Discovery specification
 //! 1.1.0 (A/AAAA, headless endpoints, SRV, PTR, ExternalName CNAME, `dns-version` TXT, SOA/NS,
 //! NXDOMAIN vs NODATA with SOA) and forwarding everything else to upstream resolvers:
+//! - [`gate`]: which Services DNS answers while a snapshot is being programmed (DNS never
+//!   sends a client to an address that does not route yet);
 //! - [`table`]: `Snapshot -> DnsTable`, every answer encoded once per snapshot;
 //! - [`wire`]: request bytes -> response bytes (the fast path reads the wire directly;
 //!   hickory-proto decodes anything unusual);
@@ -19,12 +21,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod gate;
 pub mod metrics;
 pub mod server;
 pub mod table;
 mod upstream;
 pub mod wire;
 
+pub use gate::DnsSource;
 pub use metrics::{DnsCollector, DnsMetrics};
 pub use server::{DnsError, DnsOptions, DnsServer};
 pub use table::{DnsConfig, DnsTable};

@@ -17,6 +17,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use std::sync::Arc;
 
+use crate::gate::DnsSource;
 use svcplane_config::{Endpoint, Protocol, Service, ServiceKey, ServiceType, Snapshot};
 
 /// What the table is built with.
@@ -464,6 +465,22 @@ impl TableBuilder {
     }
 
     pub fn build(&mut self, snap: &Snapshot) -> DnsTable {
+        self.build_services(snap.version, snap.services().len(), snap.services().iter())
+    }
+
+    /// Builds the answers of what `src` lets DNS answer ([`DnsSource::visible`]); the
+    /// table's version is the programmed snapshot's.
+    pub fn build_source(&mut self, src: &DnsSource) -> DnsTable {
+        let n = src.programmed.services().len();
+        self.build_services(src.programmed.version, n, src.visible())
+    }
+
+    fn build_services<'a>(
+        &mut self,
+        version: u64,
+        count: usize,
+        services: impl Iterator<Item = (&'a ServiceKey, &'a Arc<Service>)>,
+    ) -> DnsTable {
         let apex = Builder::new(&self.cfg);
         let zones: Vec<Zone> = self
             .zones
@@ -485,7 +502,7 @@ impl TableBuilder {
         let mut apex = apex;
         apex.apex();
         let apex = apex.into_fragment();
-        let mut fragments = HashMap::with_capacity(snap.services().len());
+        let mut fragments = HashMap::with_capacity(count);
         // Reverse names several Services contribute to: merged below.
         let mut shared_ptrs: HashMap<Box<[u8]>, (Name, Vec<Name>)> = HashMap::new();
         let mut cnames = Vec::new();
@@ -542,7 +559,7 @@ impl TableBuilder {
             }
         };
         add(&apex, &mut names);
-        for (key, svc) in snap.services() {
+        for (key, svc) in services {
             let frag = match self.fragments.get(key) {
                 Some((old, f)) if Arc::ptr_eq(old, svc) => Arc::clone(f),
                 _ => Arc::new(Builder::fragment(&self.cfg, svc)),
@@ -597,7 +614,7 @@ impl TableBuilder {
             }
         }
         DnsTable {
-            version: snap.version,
+            version,
             zones,
             names,
         }

@@ -57,7 +57,7 @@ pub use metrics::{ProxyCollector, ProxyMetrics};
 pub use route::FrontendKind;
 pub use shared::ProxyStats;
 pub use status::{EndpointStatus, FrontendStatus, ProxyStatus, StatusSource};
-pub use table::{FrontendTable, Listen, NodeConfig};
+pub use table::{FrontendTable, Listen, NodeConfig, Probe};
 pub use tcp::CONNECT_TIMEOUT;
 
 use crate::shared::Shared;
@@ -79,6 +79,8 @@ pub struct ProxyOptions {
     pub manage_addresses: bool,
     /// Data-path threads; 0: one per CPU this process may run on.
     pub workers: usize,
+    /// The health self-test's frontend, added to every table.
+    pub probe: Option<Probe>,
 }
 
 impl Default for ProxyOptions {
@@ -89,6 +91,7 @@ impl Default for ProxyOptions {
             udp_idle: DEFAULT_UDP_IDLE,
             manage_addresses: true,
             workers: 0,
+            probe: None,
         }
     }
 }
@@ -133,6 +136,7 @@ impl UserspaceProxy {
         let node = NodeConfig {
             node_name: opts.node_name.clone(),
             node_ips,
+            probe: opts.probe,
         };
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(FrontendTable::default()),

@@ -9,7 +9,7 @@
 //! - [`wire`]: request bytes -> response bytes (the fast path reads the wire directly;
 //!   hickory-proto decodes anything unusual);
 //! - [`server`]: UDP on blocking SO_REUSEPORT threads, TCP through hickory-server;
-//! - [`upstream`]: forwarding with a TTL-bounded cache;
+//! - `upstream`: forwarding with a TTL-bounded cache;
 //! - [`metrics`]: CoreDNS's metric names.
 //!
 //! It must not: know Kubernetes object types (it reads the config crate's model), route

@@ -12,7 +12,9 @@
 //!   failed connect, cleared by a successful one), kept across snapshots.
 //! - [`table`]: snapshot → table, with endpoint selection delegated to
 //!   `PortView::routable_endpoints` (ready endpoints; else serving+terminating; traffic
-//!   policies against the node name).
+//!   policies against the node name). The daemon's health self-test adds one more TCP
+//!   frontend ([`Probe`], kind `self-test`) to every table, so `/healthz` is answered by a
+//!   connection through this very data path.
 //! - [`addrs`]: netlink (rtnetlink) address listing and the VIPs added to `lo`, tagged so a
 //!   later run can tell them apart from addresses it must not touch.
 //! - `workers`: one current-thread runtime per core; every frontend gets one SO_REUSEPORT

@@ -395,7 +395,10 @@ endpoints:
                 .any(|w| matches!(w, BuildWarning::Conflict { listen, .. } if *listen == l)),
             "{warnings:?}"
         );
-        route.endpoints[0].stats.connections.fetch_add(1, Ordering::Relaxed);
+        route.endpoints[0]
+            .stats
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
         let (t2, _) = build(&Snapshot::default(), &node, &mut reg);
         assert_eq!(t2.frontends.len(), 1);
         let again = &t2.routes[&l].endpoints[0];

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(
   procps          # kill(1), used to send SIGTERM in tests
   bind9-dnsutils  # dig(1), the DNS client of tests/dns.rs
+  iproute2        # ip(8): network namespaces and veth pairs of tests/userspace.rs
 )
 missing=()
 for p in "${packages[@]}"; do

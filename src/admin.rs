@@ -1,4 +1,5 @@
-//! Admin HTTP endpoint (hyper): `/healthz`, `/readyz`, `/metrics`, `/debug/snapshot`.
+//! Admin HTTP endpoint (hyper): `/healthz`, `/readyz` (both: [`crate::health`]), `/metrics`, `/debug/snapshot`,
+//! `/debug/proxy` (what `svcplane status` prints).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,11 +24,16 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
+
 /// What the admin endpoint reads. Cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct AdminState {
     pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
     pub(crate) registry: Arc<Registry>,
+    /// The data plane's frontends and endpoints; `None` in mode none.
+    pub(crate) proxy: Option<svcplane_proxy::StatusSource>,
+    pub(crate) health: Health,
 }
 
 impl AdminState {
@@ -35,6 +41,8 @@ impl AdminState {
         snapshots: watch::Receiver<Arc<Snapshot>>,
         stats: Arc<WatchStats>,
         extra: Vec<Box<dyn Collector>>,
+        proxy: Option<svcplane_proxy::StatusSource>,
+        health: Health,
     ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ConfigCollector {
@@ -47,6 +55,8 @@ impl AdminState {
         Self {
             snapshots,
             registry: Arc::new(registry),
+            proxy,
+            health,
         }
     }
 }
@@ -106,25 +116,41 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
+fn json(body: serde_json::Result<Vec<u8>>) -> Response<Full<Bytes>> {
+    match body {
+        Ok(body) => {
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+fn status(ok: bool) -> StatusCode {
+    if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
 fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     let snapshot = state.snapshots.borrow().clone();
     match path {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => {
+            let (ok, body) = state.health.healthy();
+            text(status(ok), body)
+        }
         "/readyz" => {
-            if snapshot.version > 0 {
-                text(
-                    StatusCode::OK,
-                    format!("ready: snapshot version {}\n", snapshot.version),
-                )
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: manifests not loaded yet\n",
-                )
-            }
+            let (ok, body) = state.health.ready();
+            text(status(ok), body)
         }
         "/metrics" => {
             let mut body = String::new();
@@ -142,20 +168,18 @@ fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
-        "/debug/snapshot" => match serde_json::to_vec_pretty(&*snapshot) {
-            Ok(body) => {
-                let mut r = text(StatusCode::OK, body);
-                r.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("application/json"),
-                );
-                r
-            }
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        },
+        "/debug/snapshot" => json(serde_json::to_vec_pretty(&*snapshot)),
+        "/debug/proxy" => json(match &state.proxy {
+            Some(p) => serde_json::to_vec_pretty(&p.status()),
+            None => serde_json::to_vec_pretty(&svcplane_proxy::ProxyStatus {
+                mode: "none",
+                version: snapshot.version,
+                frontends: Vec::new(),
+            }),
+        }),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz /readyz /metrics /debug/snapshot\n",
+            "not found; try /healthz /readyz /metrics /debug/snapshot /debug/proxy\n",
         ),
     }
 }
@@ -251,18 +275,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readyz_is_503_until_the_first_snapshot() {
+    fn readyz_is_503_until_the_first_sync() {
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-        let state = AdminState::new(rx, Arc::new(WatchStats::default()), Vec::new());
+        let (settled_tx, settled) = watch::channel(0);
+        let health = Health::new(rx.clone(), settled);
+        let state = AdminState::new(
+            rx,
+            Arc::new(WatchStats::default()),
+            Vec::new(),
+            None,
+            health,
+        );
         let r = route(&state, &Method::GET, "/readyz");
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(
-            route(&state, &Method::GET, "/healthz").status(),
-            StatusCode::OK
-        );
         let mut loaded = Snapshot::default();
         loaded.version = 1;
         tx.send_replace(Arc::new(loaded));
+        assert_eq!(
+            route(&state, &Method::GET, "/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loaded is not programmed"
+        );
+        settled_tx.send_replace(1);
         assert_eq!(
             route(&state, &Method::GET, "/readyz").status(),
             StatusCode::OK

@@ -9,7 +9,7 @@ use svcplane_config::{Cidr, PortRange};
 /// svcplane: one node-local daemon doing the jobs of kube-proxy and CoreDNS, driven by
 /// Service and EndpointSlice manifests.
 #[derive(Debug, Parser)]
-#[command(name = "svcplane", version, about, long_about = None)]
+#[command(name = "svcplane", version, about, long_about = None, args_override_self = true)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -21,13 +21,62 @@ pub(crate) enum Command {
     Run(Box<RunArgs>),
     /// Validate manifests; exit 1 with every error listed.
     Check(CheckArgs),
+    /// What the running daemon has programmed: every frontend and its endpoints, with
+    /// state, active connections and totals (like `ipvsadm -Ln`).
+    Status(StatusArgs),
+    /// The embedded default: built-in backends and example Services on loopback, the
+    /// userspace data plane and DNS; prints what to try. No root needed.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Admin address of the daemon.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
+    pub(crate) admin: SocketAddr,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = StatusOutput::Table)]
+    pub(crate) output: StatusOutput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StatusOutput {
+    /// One line per frontend, one per endpoint under it.
+    Table,
+    /// The admin endpoint's `/debug/proxy` document, for scripts.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Cluster DNS address, UDP and TCP.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5353")]
+    pub(crate) dns_listen: SocketAddr,
+    /// Admin HTTP address.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
+    pub(crate) admin_listen: SocketAddr,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
 }
 
 /// Data planes. Only the modes this build implements are listed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Mode {
-    /// Load, validate and watch manifests and serve the admin endpoint; route nothing.
+    /// Proxy every frontend (ClusterIP, node address x nodePort, LoadBalancer ingress IP,
+    /// externalIP) through a TCP/UDP userspace proxy; VIPs are added to `lo`.
+    Userspace,
+    /// Load, validate and watch manifests, serve DNS and the admin endpoint; route nothing.
     None,
+}
+
+impl Mode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Mode::Userspace => "userspace",
+            Mode::None => "none",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -44,13 +93,14 @@ pub(crate) struct RunArgs {
     /// (YAML or JSON); watched for changes.
     #[arg(long, value_name = "DIR")]
     pub(crate) manifests: PathBuf,
-    /// Data plane. userspace and ebpf are not part of this build yet.
-    #[arg(long, value_enum, default_value_t = Mode::None)]
+    /// Data plane (ebpf is not part of this build yet).
+    #[arg(long, value_enum, default_value_t = Mode::Userspace)]
     pub(crate) mode: Mode,
     /// This node's name: endpoints with this nodeName are local (traffic policy Local).
     #[arg(long, value_name = "NAME")]
     pub(crate) node_name: Option<String>,
-    /// Node address for NodePorts (repeatable).
+    /// Node address NodePorts listen on (repeatable) [default: every local address that is
+    /// not loopback or link-local, plus 127.0.0.1].
     #[arg(long = "node-ip", value_name = "IP")]
     pub(crate) node_ips: Vec<IpAddr>,
     /// Cluster DNS address, UDP and TCP.
@@ -72,10 +122,11 @@ pub(crate) struct RunArgs {
     /// cgroup v2 directory the ebpf mode attaches to (ebpf is not part of this build yet).
     #[arg(long, value_name = "PATH")]
     pub(crate) cgroup: Option<PathBuf>,
-    /// Seconds established connections may take to finish on shutdown [default: 30].
+    /// Seconds established connections may take to finish on SIGTERM/SIGINT [default: 30].
     #[arg(long, value_name = "SECS")]
     pub(crate) drain_timeout: Option<u64>,
-    /// YAML file carrying these flags (not part of this build yet: rejected when given).
+    /// YAML file of these flags, keyed by long name (`dns-ttl: 30`, `node-ip: [a, b]`);
+    /// flags given on the command line win.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Range ClusterIPs are allocated from for Services that state none (repeatable, one
@@ -98,11 +149,12 @@ impl RunArgs {
     /// Flags that are parsed (so scripts written against the contract keep working) but
     /// have no effect in this build.
     pub(crate) fn inert_flags(&self) -> Vec<&'static str> {
+        let routes = self.mode != Mode::None;
         let given = [
-            ("--node-name", self.node_name.is_some()),
-            ("--node-ip", !self.node_ips.is_empty()),
+            ("--node-name", self.node_name.is_some() && !routes),
+            ("--node-ip", !self.node_ips.is_empty() && !routes),
             ("--cgroup", self.cgroup.is_some()),
-            ("--drain-timeout", self.drain_timeout.is_some()),
+            ("--drain-timeout", self.drain_timeout.is_some() && !routes),
         ];
         given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect()
     }
@@ -203,12 +255,27 @@ mod tests {
         );
         assert_eq!(run.log_format, LogFormat::Json);
         assert_eq!(run.inert_flags(), vec!["--node-name", "--node-ip"]);
+        let cli = Cli::try_parse_from([
+            "svcplane",
+            "run",
+            "--manifests",
+            "m",
+            "--node-name",
+            "n1",
+            "--cgroup",
+            "/sys/fs/cgroup/x",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.mode, Mode::Userspace, "the default mode");
+        assert_eq!(run.inert_flags(), vec!["--cgroup"]);
     }
 
     #[test]
     fn unbuilt_modes_and_bad_values_are_refused() {
         for bad in [
-            vec!["--mode", "userspace"],
             vec!["--mode", "ebpf"],
             vec!["--nodeport-range", "5-1"],
             vec!["--admin-listen", "nope"],

@@ -9,19 +9,29 @@ use anyhow::Context as _;
 use svcplane_config::{
     AllocOptions, Change, Loader, ManifestWatcher, ParseOptions, Snapshot, diff,
 };
-use svcplane_dns::{DnsCollector, DnsConfig, DnsOptions, DnsServer};
+use svcplane_dns::{DnsCollector, DnsConfig, DnsOptions, DnsServer, DnsSource};
+use svcplane_proxy::{Probe, ProxyOptions, UserspaceProxy};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::cli::RunArgs;
+use crate::cli::{Mode, RunArgs};
+use crate::health::{Health, ProbeEnds};
 use crate::logging;
+use crate::sync;
 
 /// How long a burst of file events may last before the reload starts.
 const QUIET_PERIOD: Duration = Duration::from_millis(10);
+/// Default of `--drain-timeout`.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) fn main(args: RunArgs) -> ExitCode {
     logging::init(args.log_format);
+    block_on(run(args, None))
+}
+
+/// Runs `fut` on the daemon's runtime; errors are logged and give exit status 1.
+pub(crate) fn block_on(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("svcplane")
@@ -33,7 +43,7 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -42,13 +52,19 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    if let Some(cfg) = &args.config {
-        anyhow::bail!(
-            "--config {}: configuration files are not supported by this build; pass flags instead",
-            cfg.display()
-        );
-    }
+/// What a started daemon serves on, for a caller that embeds it (`svcplane demo`).
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub(crate) admin: std::net::SocketAddr,
+    pub(crate) dns: std::net::SocketAddr,
+}
+
+/// Called once the first snapshot is programmed.
+pub(crate) type StartHook = Box<dyn FnOnce(Started) + Send>;
+
+pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::Result<()> {
+    // Before anything can report readiness: a SIGTERM right after must stop us cleanly.
+    let signals = Signals::install()?;
     let inert = args.inert_flags();
     if !inert.is_empty() {
         tracing::warn!(
@@ -79,6 +95,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let loader = Loader::with_allocation(vec![args.manifests.clone()], opts, alloc)?;
     let watcher = ManifestWatcher::start(loader, QUIET_PERIOD).context("cannot watch manifests")?;
+    // DNS and the data plane get snapshots through `sync`, which orders their updates.
+    let (dns_tx, dns_rx) = watch::channel(DnsSource::default());
     let dns = DnsServer::start(
         DnsOptions {
             listen: args.dns_listen,
@@ -86,16 +104,77 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             upstreams: args.upstreams.clone(),
             udp_threads: 0,
         },
-        watcher.subscribe(),
+        dns_rx,
     )
     .await
     .context("--dns-listen")?;
     let dns_addr = dns.local_addr();
+    let (plane_tx, plane_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let probe = match args.mode {
+        Mode::None => None,
+        _ => Some(
+            ProbeEnds::bind()
+                .await
+                .context("cannot bind the self-test's probe listener on 127.0.0.1")?,
+        ),
+    };
+    let proxy = match args.mode {
+        Mode::Userspace => {
+            let opts = ProxyOptions {
+                node_name: args.node_name.clone(),
+                node_ips: (!args.node_ips.is_empty()).then(|| args.node_ips.clone()),
+                probe: probe.as_ref().map(|p| Probe {
+                    frontend: p.frontend,
+                    backend: p.backend_addr(),
+                }),
+                ..ProxyOptions::default()
+            };
+            let proxy = UserspaceProxy::start(opts, plane_rx)
+                .await
+                .context("cannot start the userspace proxy")?;
+            let ips: Vec<String> = proxy
+                .node()
+                .node_ips
+                .iter()
+                .map(|ip| ip.to_string())
+                .collect();
+            tracing::info!(node_ips = ips.join(","), "userspace proxy started");
+            Some(proxy)
+        }
+        Mode::None => None,
+    };
     let cancel = CancellationToken::new();
+    let (settled_tx, settled) = watch::channel(0u64);
+    let plane = proxy.as_ref().map(|p| sync::Plane {
+        snapshots: plane_tx,
+        programmed: p.programmed(),
+    });
+    let sync_task = tokio::spawn(sync::run(
+        watcher.subscribe(),
+        dns_tx,
+        dns.applied(),
+        plane,
+        settled_tx,
+        cancel.clone(),
+    ));
+    let mut collectors: Vec<Box<dyn prometheus_client::collector::Collector>> =
+        vec![Box::new(DnsCollector(dns.metrics()))];
+    if let Some(p) = &proxy {
+        collectors.push(Box::new(p.collector()));
+    }
+    // Stopped first on shutdown: a draining data plane is not a failing one.
+    let probe_cancel = cancel.child_token();
+    let mut health = Health::new(watcher.subscribe(), settled.clone());
+    let probe_tasks = match probe {
+        Some(ends) => health.start_probe(ends, args.mode.as_str(), &probe_cancel),
+        None => Vec::new(),
+    };
     let state = AdminState::new(
         watcher.subscribe(),
         watcher.stats(),
-        vec![Box::new(DnsCollector(dns.metrics()))],
+        collectors,
+        proxy.as_ref().map(UserspaceProxy::status_source),
+        health,
     );
     let admin_task = tokio::spawn(admin::serve(listener, state, cancel.clone()));
     let log_task = tokio::spawn(log_changes(watcher.subscribe(), cancel.clone()));
@@ -107,26 +186,59 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         mode = ?args.mode,
         "svcplane running"
     );
+    if let Some(hook) = on_start {
+        let mut settled = settled.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(10), settled.wait_for(|&v| v > 0)).await;
+        hook(Started {
+            admin: admin_addr,
+            dns: dns_addr,
+        });
+    }
 
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!("shutting down");
+    probe_cancel.cancel();
+    if let Some(p) = proxy {
+        let drain = args
+            .drain_timeout
+            .map_or(DRAIN_TIMEOUT, Duration::from_secs);
+        let left = p.stop(drain).await;
+        if left > 0 {
+            tracing::warn!(connections = left, "drain timeout: closing connections");
+        }
+    }
     cancel.cancel();
     dns.stop().await;
     watcher.stop().await;
-    let _ = tokio::join!(admin_task, log_task);
+    let _ = tokio::join!(admin_task, log_task, sync_task);
+    for t in probe_tasks {
+        let _ = t.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT handlers, installed before the daemon reports anything.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 /// Logs every published snapshot: what changed, endpoint counts, new errors.

@@ -166,7 +166,7 @@ fn check_missing_path_is_a_clear_error() {
 #[test]
 fn bad_flags_are_usage_errors() {
     for args in [
-        &["run", "--manifests", "x", "--mode", "userspace"][..],
+        &["run", "--manifests", "x", "--mode", "ebpf"][..],
         &["run", "--manifests", "x", "--nodeport-range", "9-1"][..],
         &["check"][..],
     ] {
@@ -182,6 +182,8 @@ fn bad_flags_are_usage_errors() {
 struct Daemon {
     child: Child,
     admin: SocketAddr,
+    /// The daemon's "svcplane running" log line.
+    started: serde_json::Value,
     logs: mpsc::Receiver<String>,
     /// Allocation state, removed with the daemon.
     _state: tempfile::TempDir,
@@ -201,6 +203,9 @@ impl Daemon {
                 "127.0.0.1:0",
             ])
             .args(["--log-format", "json"])
+            // These tests run in the host's network namespace: no routing here (the
+            // userspace mode is tested in namespaces of its own, tests/userspace.rs).
+            .args(["--mode", "none"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -218,12 +223,14 @@ impl Daemon {
         let mut d = Daemon {
             child,
             admin: "0.0.0.0:0".parse().unwrap(),
+            started: serde_json::Value::Null,
             logs,
             _state: state,
         };
         let line = d.wait_log("svcplane running");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         d.admin = v["admin"].as_str().unwrap().parse().unwrap();
+        d.started = v;
         d
     }
 
@@ -326,7 +333,7 @@ fn service_names(snapshot_json: &str) -> Vec<String> {
 fn run_serves_admin_and_follows_changes() {
     let dir = tempfile::tempdir().unwrap();
     copy_examples(dir.path());
-    let d = Daemon::start(dir.path(), &["--mode", "none"]);
+    let d = Daemon::start(dir.path(), &[]);
 
     d.poll("/readyz", |c, _| c == 200);
     assert_eq!(d.get("/healthz").0, 200);
@@ -406,7 +413,7 @@ fn run_logs_changes_in_json() {
 }
 
 #[test]
-fn run_refuses_a_missing_manifest_dir_and_a_config_file() {
+fn run_refuses_a_missing_manifest_dir() {
     let out = svcplane(&[
         "run",
         "--manifests",
@@ -420,25 +427,92 @@ fn run_refuses_a_missing_manifest_dir_and_a_config_file() {
         "{}",
         text(&out.stderr)
     );
+}
 
+#[test]
+fn run_config_file_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let out = svcplane(&[
-        "run",
-        "--manifests",
-        dir.path().to_str().unwrap(),
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--dns-listen",
-        "127.0.0.1:0",
-        "--config",
-        "/etc/svcplane.yaml",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let cfg = dir.path().join("svcplane.yaml");
+    let cfg_s = cfg.to_str().unwrap();
+    let out = svcplane(&["run", "--config", cfg_s]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing file is a usage error"
+    );
     assert!(
-        text(&out.stderr).contains("--config /etc/svcplane.yaml"),
+        text(&out.stderr).contains(&format!("--config {cfg_s}: cannot read")),
         "{}",
         text(&out.stderr)
     );
+    for (file, want) in [
+        (
+            "manifests: /m
+dns-tll: 5
+",
+            "unknown key `dns-tll`",
+        ),
+        (
+            "manifests: /m
+nodeport-range: 5-1
+",
+            "key `nodeport-range`",
+        ),
+        (
+            "manifests: /m
+mode: ebpf-ish
+",
+            "key `mode`",
+        ),
+    ] {
+        std::fs::write(&cfg, file).unwrap();
+        let out = svcplane(&["run", "--config", cfg_s]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file:?}: {err}");
+        assert!(
+            err.contains(&format!("--config {cfg_s}: {want}")),
+            "{file:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn run_takes_flags_from_a_config_file_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_examples(dir.path());
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    // `mode` is overridden by the test daemon's `--mode none`; the rest is taken.
+    std::fs::write(
+        cfg.path(),
+        "mode: userspace\ncluster-domain: corp.example\ndns-ttl: 42\n",
+    )
+    .unwrap();
+    let d = Daemon::start(dir.path(), &["--config", cfg.path().to_str().unwrap()]);
+    let v = &d.started;
+    assert_eq!(v["mode"], "None", "{v}");
+    let dns = v["dns"].as_str().unwrap().to_owned();
+    d.poll("/readyz", |c, _| c == 200);
+    let (ip, port) = dns.rsplit_once(':').unwrap();
+    let out = Command::new("dig")
+        .args([
+            &format!("@{ip}"),
+            "-p",
+            port,
+            "+noall",
+            "+answer",
+            "+tries=5",
+        ])
+        .arg("web.demo.svc.corp.example")
+        .output()
+        .expect("dig");
+    let answer = text(&out.stdout);
+    let fields: Vec<&str> = answer.split_whitespace().collect();
+    assert_eq!(
+        fields.get(..4),
+        Some(&["web.demo.svc.corp.example.", "42", "IN", "A"][..]),
+        "{answer}"
+    );
+    assert!(d.terminate().success());
 }
 
 #[test]
@@ -474,4 +548,32 @@ fn check_wide_shows_allocated_addresses_and_node_ports() {
         .collect();
     assert_eq!(row[3], "10.200.0.2", "{stdout}");
     assert_eq!(row[5], "80:30000/TCP", "{stdout}");
+}
+
+#[test]
+fn status_reads_the_admin_endpoint_and_explains_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[]);
+    d.poll("/readyz", |c, _| c == 200);
+    let admin = d.admin.to_string();
+    let out = svcplane(&["status", "--admin", &admin, "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mode"], "none");
+    assert_eq!(v["frontends"], serde_json::json!([]));
+    let out = svcplane(&["status", "--admin", &admin]);
+    assert!(
+        text(&out.stdout).contains("no frontends"),
+        "{}",
+        text(&out.stdout)
+    );
+    drop(d);
+
+    // Nothing listening: exit 1, naming the address.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let out = svcplane(&["status", "--admin", &addr]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(&addr), "{}", text(&out.stderr));
 }

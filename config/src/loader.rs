@@ -263,7 +263,8 @@ impl Loader {
             return Ok((None, stats));
         }
         let build_started = Instant::now();
-        let next = self.build_snapshot(&changed);
+        let mut next = self.build_snapshot(&changed);
+        next.changed_at = Some(started);
         stats.build_time = build_started.elapsed();
         // Ports and frontend indexes derive from the services alone, so comparing services
         // (stopping at the first difference; unchanged ones are often the same Arc) says
@@ -451,29 +452,42 @@ fn read_parallel(todo: &[Todo], opts: &ParseOptions) -> Vec<Read> {
     if todo.len() < 8 || threads == 1 {
         return todo.iter().map(read).collect();
     }
-    let chunk = todo.len().div_ceil(threads);
+    // Files differ in size: hand them out one at a time from a shared counter so no thread
+    // idles while another still has a queue (fixed chunks left one core idle at the end).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<Read>> = std::iter::repeat_with(|| None).take(todo.len()).collect();
     std::thread::scope(|s| {
-        let handles: Vec<_> = todo
-            .chunks(chunk)
-            .map(|part| {
-                let handle = s.spawn(move || part.iter().map(read).collect::<Vec<_>>());
-                (part, handle)
+        let workers: Vec<_> = (0..threads.min(todo.len()))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(t) = todo.get(i) else { break };
+                        done.push((i, read(t)));
+                    }
+                    done
+                })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|(part, h)| match h.join() {
-                Ok(v) => v,
-                // A parser panic is a bug; report it per file instead of taking the
-                // daemon down.
-                Err(_) => part
-                    .iter()
-                    .map(|t| {
-                        let label = Arc::from(t.path.as_path());
-                        Read::Parsed(unreadable(&label, "internal parser error".into()), None)
-                    })
-                    .collect(),
+        for w in workers {
+            // A parser panic is a bug; the files that thread had not returned are reported
+            // below instead of taking the daemon down.
+            if let Ok(done) = w.join() {
+                for (i, r) in done {
+                    results[i] = Some(r);
+                }
+            }
+        }
+    });
+    results
+        .into_iter()
+        .zip(todo)
+        .map(|(r, t)| {
+            r.unwrap_or_else(|| {
+                let label = Arc::from(t.path.as_path());
+                Read::Parsed(unreadable(&label, "internal parser error".into()), None)
             })
-            .collect()
-    })
+        })
+        .collect()
 }

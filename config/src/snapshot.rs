@@ -141,6 +141,10 @@ pub struct Snapshot {
     #[serde(skip)]
     pub(crate) node_ports: HashMap<(u16, Protocol), ServicePortKey>,
     pub diagnostics: Arc<Diagnostics>,
+    /// When the reload that produced this snapshot started (file change noticed): data
+    /// planes measure network-programming latency from here.
+    #[serde(skip)]
+    pub changed_at: Option<std::time::Instant>,
 }
 
 /// The objects a Service was resolved from (held, so pointer identity stays meaningful)

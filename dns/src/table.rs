@@ -20,6 +20,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use std::sync::Arc;
 
+use crate::gate::DnsSource;
 use svcplane_config::{Endpoint, Protocol, Service, ServiceKey, ServiceType, Snapshot};
 
 use crate::index::{IndexBuilder, NameIndex};
@@ -619,16 +620,36 @@ impl TableBuilder {
     }
 
     pub fn build(&mut self, snap: &Snapshot) -> DnsTable {
-        let (zones, names) = self.build_names(snap);
+        self.build_services(snap.version, snap.services().len(), snap.services().iter())
+    }
+
+    /// Builds the answers of what `src` lets DNS answer ([`DnsSource::visible`]); the
+    /// table's version is the programmed snapshot's.
+    pub fn build_source(&mut self, src: &DnsSource) -> DnsTable {
+        let n = src.programmed.services().len();
+        self.build_services(src.programmed.version, n, src.visible())
+    }
+
+    fn build_services<'a>(
+        &mut self,
+        version: u64,
+        count: usize,
+        services: impl Iterator<Item = (&'a ServiceKey, &'a Arc<Service>)>,
+    ) -> DnsTable {
+        let (zones, names) = self.build_names(count, services);
         DnsTable {
-            version: snap.version,
+            version,
             names: index(&zones, &names),
             zones,
         }
     }
 
     /// The zones and every name with its answers.
-    fn build_names(&mut self, snap: &Snapshot) -> (Vec<Zone>, HashMap<Box<[u8]>, NameEntry>) {
+    fn build_names<'a>(
+        &mut self,
+        count: usize,
+        services: impl Iterator<Item = (&'a ServiceKey, &'a Arc<Service>)>,
+    ) -> (Vec<Zone>, HashMap<Box<[u8]>, NameEntry>) {
         let apex = Builder::new(&self.cfg);
         let zones: Vec<Zone> = self
             .zones
@@ -650,7 +671,7 @@ impl TableBuilder {
         let mut apex = apex;
         apex.apex();
         let apex = apex.into_fragment();
-        let mut fragments = HashMap::with_capacity(snap.services().len());
+        let mut fragments = HashMap::with_capacity(count);
         // Reverse names several Services contribute to: merged below.
         let mut shared_ptrs: HashMap<Box<[u8]>, (Name, Vec<Name>)> = HashMap::new();
         let mut cnames = Vec::new();
@@ -707,7 +728,7 @@ impl TableBuilder {
             }
         };
         add(&apex, &mut names);
-        for (key, svc) in snap.services() {
+        for (key, svc) in services {
             let frag = match self.fragments.get(key) {
                 Some((old, f)) if Arc::ptr_eq(old, svc) => Arc::clone(f),
                 _ => Arc::new(Builder::fragment(&self.cfg, svc)),
@@ -908,7 +929,8 @@ mod tests {
     fn the_index_answers_what_the_builder_built() {
         let cfg = DnsConfig::new("cluster.local", 5).unwrap();
         let snap = snapshot();
-        let (zones, names) = TableBuilder::new(cfg.clone()).build_names(&snap);
+        let (zones, names) = TableBuilder::new(cfg.clone())
+            .build_names(snap.services().len(), snap.services().iter());
         let table = TableBuilder::new(cfg).build(&snap);
         assert_eq!(zones.len(), table.zones.len());
         assert_eq!(table.len(), names.len());
@@ -993,7 +1015,7 @@ mod tests {
     fn an_answer_that_could_not_be_encoded_is_servfail() {
         use crate::wire::{self, Outcome, Policy, Transport};
         let cfg = DnsConfig::new("cluster.local", 5).unwrap();
-        let (zones, mut names) = TableBuilder::new(cfg).build_names(&Snapshot::default());
+        let (zones, mut names) = TableBuilder::new(cfg).build_names(0, std::iter::empty());
         let w = wire(&Name::from_ascii("x.cluster.local.").unwrap());
         let entry = NameEntry {
             zone: 0,

@@ -6,6 +6,7 @@
 //! - [`gate`]: which Services DNS answers while a snapshot is being programmed (DNS never
 //!   sends a client to an address that does not route yet);
 //! - [`table`]: `Snapshot -> DnsTable`, every answer encoded once per snapshot;
+//! - `index`: the table's flat name index, laid out to keep cache misses per query down;
 //! - [`wire`]: request bytes -> response bytes (the fast path reads the wire directly;
 //!   hickory-proto decodes anything unusual);
 //! - [`server`]: UDP on blocking SO_REUSEPORT threads, TCP through hickory-server;
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod gate;
+mod index;
 pub mod metrics;
 pub mod server;
 pub mod table;

@@ -194,11 +194,12 @@ impl DnsServer {
                         tracing::debug!(
                             version = t.version,
                             pending = src.pending.as_ref().map(|p| p.version),
-                            names = t.names.len(),
+                            names = t.len(),
+                            index_bytes = t.index_bytes(),
                             build_ms = started.elapsed().as_secs_f64() * 1e3,
                             "dns table built"
                         );
-                        builder_metrics.set_table(t.version, t.names.len());
+                        builder_metrics.set_table(t.version, t.len());
                         builder_table.store(Some(Arc::new(t)));
                         if src.pending.is_none() && src.programmed.version > lag_seen {
                             lag_seen = src.programmed.version;

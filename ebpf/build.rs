@@ -1,0 +1,71 @@
+//! Compiles `bpf/*.bpf.c` with clang into `OUT_DIR`; `src/programs.rs` embeds the objects.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const FLAGS: &[&str] = &[
+    "-O2",
+    // aya needs BTF in the object.
+    "-g",
+    "-target",
+    "bpf",
+    // v3: the return value of __sync_fetch_and_add (round-robin counters).
+    "-mcpu=v3",
+    // <asm/types.h> on Debian.
+    "-I/usr/include/x86_64-linux-gnu",
+    "-Wall",
+    "-Werror",
+];
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
+    let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".to_string());
+    println!("cargo:rerun-if-env-changed=CLANG");
+    println!("cargo:rerun-if-changed=bpf");
+    let version = Command::new(&clang).arg("--version").output();
+    if !matches!(&version, Ok(o) if o.status.success()) {
+        return Err(format!(
+            "`{clang}` not found: the eBPF programs of svcplane-ebpf are C compiled by clang. \
+             Install it with `apt-get install -y clang llvm libbpf-dev` (or set CLANG=/path/to/clang)"
+        ));
+    }
+    if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
+        return Err("<bpf/bpf_helpers.h> not found: install `libbpf-dev` \
+                    (`apt-get install -y libbpf-dev`)"
+            .to_string());
+    }
+    let dir = Path::new("bpf");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("read {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".bpf.c"))
+        .collect();
+    sources.sort();
+    for src in sources {
+        let stem = src
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".bpf.c"))
+            .ok_or_else(|| format!("bad source name {}", src.display()))?;
+        let obj = out.join(format!("{stem}.bpf.o"));
+        let status = Command::new(&clang)
+            .args(FLAGS)
+            .arg("-c")
+            .arg(&src)
+            .arg("-o")
+            .arg(&obj)
+            .status()
+            .map_err(|e| format!("run {clang}: {e}"))?;
+        if !status.success() {
+            return Err(format!("clang failed on {} ({status})", src.display()));
+        }
+    }
+    Ok(())
+}

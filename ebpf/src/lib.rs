@@ -1,0 +1,279 @@
+//! svcplane-ebpf: the eBPF data plane — socket-level load balancing on cgroup hooks.
+//!
+//! It owns:
+//! - the BPF programs (`bpf/svcplane.bpf.c`, C compiled by `build.rs` with clang, embedded
+//!   with `include_bytes_aligned!`) on `cgroup/connect4|6`, `sendmsg4|6`, `recvmsg4|6` and
+//!   `getpeername4|6`, and the one header of map structs (`bpf/svcplane.h`) with its Rust
+//!   mirrors (`abi`);
+//! - the pinned maps and links under a pin root (default [`DEFAULT_PIN_ROOT`]), with
+//!   versioned names, so routing keeps working while the daemon is down and a new daemon
+//!   adopts and reconciles what is there ([`loader`], [`cleanup`]);
+//! - snapshot → map content and the ordered map operations between two contents
+//!   ([`sync`]), behind the [`MapOps`] seam so the ordering is tested without root.
+//!
+//! How a connection is balanced: slot 0 of a frontend (address, port, protocol) in
+//! `v1_services` holds its endpoint count, id and affinity timeout; slots 1..=count its
+//! endpoints. connect() (TCP, connected UDP) picks `counter[id]++ % count + 1` with an
+//! atomic add and writes nothing else unless the Service has ClientIP affinity. Unconnected
+//! UDP keeps one endpoint per (socket, frontend) in an LRU map; UDP sockets see the frontend
+//! in `recvfrom` and `getpeername` through a reverse LRU map. ClientIP affinity is per
+//! network namespace (at socket level that is the client pod) with the Service's timeout.
+//! A frontend with no endpoint refuses connect/sendmsg with EPERM.
+//!
+//! Stale UDP (an endpoint removed while sockets still talk to it): unconnected UDP is
+//! re-pointed on its next `sendmsg`, because each datagram checks with one lookup that its
+//! remembered endpoint is still in the same slot of the frontend. `bpf_sock_destroy` through
+//! a socket iterator was not used: it is a kfunc, and aya 0.14 does not relocate kfunc
+//! calls (`extern ... __ksym`), though kernel 6.18 has the kfunc and `iter/udp`. A
+//! *connected* UDP socket is not re-pointed: the kernel does not run the sendmsg hook for
+//! sockets that send without a destination, so it keeps its endpoint until it reconnects.
+//!
+//! TCP `getpeername` shows the endpoint, not the frontend: showing the frontend needs a
+//! map write per TCP connect, which the connect path avoids.
+//!
+//! It must not: choose endpoints itself (selection is `PortView::routable_endpoints` of the
+//! config crate), know Kubernetes object types, attach to anything but the cgroup it is
+//! given, or touch pins outside its pin root. External NodePort traffic from other hosts is
+//! not handled here (that needs tc programs).
+
+mod abi;
+pub mod loader;
+mod maps;
+pub mod sync;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use svcplane_config::Snapshot;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use loader::cleanup;
+pub use maps::BpfMaps;
+pub use sync::{FrontendSet, FrontendState, MapOp, MapOps, NodeInfo, SyncReport, Syncer};
+
+/// Where maps and links are pinned unless told otherwise.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/svcplane";
+
+#[derive(Clone, Debug)]
+pub struct EbpfOptions {
+    /// Directory on bpffs for maps and links.
+    pub pin_root: PathBuf,
+    /// cgroup2 directory to attach to; `None`: the root of the cgroup2 mount.
+    pub cgroup: Option<PathBuf>,
+    /// The node's name (traffic policy Local).
+    pub node_name: Option<String>,
+    /// Addresses NodePorts are served on (add 127.0.0.1 to serve it there).
+    pub node_ips: Vec<IpAddr>,
+}
+
+impl Default for EbpfOptions {
+    fn default() -> Self {
+        EbpfOptions {
+            pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
+            cgroup: None,
+            node_name: None,
+            node_ips: vec![IpAddr::from([127, 0, 0, 1])],
+        }
+    }
+}
+
+/// Why the data plane cannot start or program. The first four name what is missing.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error(
+        "the eBPF data plane needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN): run svcplane \
+         as root, or use --mode userspace"
+    )]
+    NotRoot,
+    #[error(
+        "no cgroup2 filesystem is mounted (none in /proc/self/mountinfo): mount one with \
+         `mount -t cgroup2 none /sys/fs/cgroup/unified`, or pass --cgroup DIR"
+    )]
+    NoCgroup2,
+    #[error(
+        "{path} is not a cgroup2 directory: pass a directory of the cgroup2 mount \
+         (`findmnt -t cgroup2`) as --cgroup"
+    )]
+    NotCgroup2 { path: PathBuf },
+    #[error(
+        "no bpf filesystem at {path} ({source}): mount it with `mount -t bpf bpf /sys/fs/bpf` \
+         (pins keep routing alive across restarts)"
+    )]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the kernel refused BPF ({detail}): it needs CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF, \
+         and lockdown or a seccomp/LSM policy must let root load programs; or use --mode \
+         userspace"
+    )]
+    BpfUnavailable { detail: String },
+    #[error("loading the BPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the BPF object has no {0}")]
+    MissingInObject(&'static str),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("link of {name}: {detail}")]
+    Link { name: &'static str, detail: String },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The running eBPF data plane. Dropping it (or [`stop`](Self::stop)) stops programming;
+/// programs, links and maps stay pinned and keep routing. [`cleanup`] removes them.
+#[derive(Debug)]
+pub struct EbpfDataPlane {
+    programmed: watch::Receiver<u64>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    cgroup: PathBuf,
+    pin_root: PathBuf,
+}
+
+impl EbpfDataPlane {
+    /// Loads the programs (adopting pinned maps), attaches them to the cgroup, then
+    /// programs every snapshot `snapshots` publishes (the current one first) on a blocking
+    /// thread. Needs a tokio runtime.
+    pub async fn start(
+        opts: EbpfOptions,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+    ) -> Result<Self, EbpfError> {
+        let pin_root = opts.pin_root.clone();
+        let cgroup = opts.cgroup.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || loader::load(&pin_root, cgroup.as_deref()))
+                .await
+                .map_err(|e| EbpfError::Io {
+                    what: "load",
+                    path: opts.pin_root.clone(),
+                    source: std::io::Error::other(e),
+                })??;
+        tracing::info!(
+            cgroup = %loaded.cgroup.display(),
+            pin_root = %opts.pin_root.display(),
+            adopted = loaded.current.len(),
+            "eBPF programs attached"
+        );
+        let node = NodeInfo {
+            node_name: opts.node_name.clone(),
+            node_ips: opts.node_ips.clone(),
+        };
+        let cgroup = loaded.cgroup.clone();
+        let (programmed_tx, programmed) = watch::channel(0);
+        let (stop, stop_rx) = watch::channel(false);
+        let handle = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || {
+            run(handle, loaded, node, snapshots, stop_rx, programmed_tx);
+        });
+        Ok(EbpfDataPlane {
+            programmed,
+            stop,
+            task: Some(task),
+            cgroup,
+            pin_root: opts.pin_root,
+        })
+    }
+
+    /// The snapshot version whose frontends are in the maps.
+    pub fn programmed(&self) -> watch::Receiver<u64> {
+        self.programmed.clone()
+    }
+
+    /// The cgroup the programs are attached to.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    pub fn pin_root(&self) -> &Path {
+        &self.pin_root
+    }
+
+    /// Stops programming; what is pinned keeps routing.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for EbpfDataPlane {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// The programming loop: one sync per snapshot; after a failed sync the next one starts
+/// from the maps' real content.
+fn run(
+    handle: tokio::runtime::Handle,
+    loaded: loader::Loaded,
+    node: NodeInfo,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut stop: watch::Receiver<bool>,
+    programmed: watch::Sender<u64>,
+) {
+    let loader::Loaded {
+        mut maps, current, ..
+    } = loaded;
+    let mut syncer = Syncer::new(node.clone(), current);
+    loop {
+        let snap = snapshots.borrow_and_update().clone();
+        if snap.version > 0 && *programmed.borrow() != snap.version {
+            let started = Instant::now();
+            match syncer.sync(&snap, &mut maps) {
+                Ok(report) => {
+                    for (fe, port) in &report.conflicts {
+                        tracing::warn!(frontend = %fe, port = %port, "frontend already taken by another Service port");
+                    }
+                    tracing::debug!(
+                        version = snap.version,
+                        ports_changed = report.ports_changed,
+                        ops = report.ops,
+                        frontends = report.frontends,
+                        took_us = started.elapsed().as_micros() as u64,
+                        "eBPF maps programmed"
+                    );
+                    programmed.send_replace(snap.version);
+                }
+                Err(e) => {
+                    tracing::error!(version = snap.version, error = %e, "programming the eBPF maps failed; retried from the maps' content on the next snapshot");
+                    match maps.adopt() {
+                        Ok(current) => syncer = Syncer::new(node.clone(), current),
+                        Err(e) => tracing::error!(error = %e, "reading the services map"),
+                    }
+                }
+            }
+        }
+        let stopped = handle.block_on(async {
+            tokio::select! {
+                r = stop.changed() => r.is_err() || *stop.borrow(),
+                r = snapshots.changed() => r.is_err(),
+            }
+        });
+        if stopped || *stop.borrow() {
+            break;
+        }
+    }
+}

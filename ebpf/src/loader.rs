@@ -1,0 +1,281 @@
+//! Preflight, loading, attaching and pinning; adoption of pinned state; cleanup.
+//!
+//! Layout under the pin root (default `/sys/fs/bpf/svcplane/`):
+//! `v1_services`, `v1_rr`, `v1_udp_sticky`, `v1_rev`, `v1_affinity` (maps) and
+//! `links/v1_<program>` (one cgroup link per program). A start loads the programs against
+//! the pinned maps (creating them if absent), attaches them next to the links already
+//! there and renames the new link pins over the old ones: both run for a moment (the
+//! second sees an already rewritten address and passes), so no connect goes unbalanced.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData};
+use aya::programs::links::FdLink;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::EbpfError;
+use crate::abi::{SvcKey, SvcValue};
+use crate::maps::BpfMaps;
+use crate::sync::FrontendSet;
+
+/// The compiled programs (`bpf/svcplane.bpf.c`, built by `build.rs`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svcplane.bpf.o"));
+
+/// Map names in the object (and their pin names).
+pub(crate) const MAPS: [&str; 5] = [
+    "v1_services",
+    "v1_rr",
+    "v1_udp_sticky",
+    "v1_rev",
+    "v1_affinity",
+];
+
+/// Programs in the object.
+pub(crate) const PROGRAMS: [&str; 8] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
+];
+
+/// Prefix of link pin names (layout version of the programs).
+const LINK_PREFIX: &str = "v1_";
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// What a start leaves behind: the services map, what it holds, and the cgroup.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) maps: BpfMaps,
+    pub(crate) current: FrontendSet,
+    pub(crate) cgroup: PathBuf,
+}
+
+/// Everything a start does before the first sync.
+pub(crate) fn load(pin_root: &Path, cgroup: Option<&Path>) -> Result<Loaded, EbpfError> {
+    let cgroup = preflight(pin_root, cgroup)?;
+    let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, pin_root.join(m))).collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut bpf = loader.load(OBJECT).map_err(classify)?;
+    attach_all(&mut bpf, pin_root, &cgroup)?;
+    let services = bpf
+        .take_map("v1_services")
+        .ok_or(EbpfError::MissingInObject("v1_services"))?;
+    let services: HashMap<MapData, SvcKey, SvcValue> =
+        HashMap::try_from(services).map_err(|source| EbpfError::Map {
+            name: "v1_services",
+            source,
+        })?;
+    let mut maps = BpfMaps::new(services);
+    let current = maps.adopt().map_err(|source| EbpfError::Map {
+        name: "v1_services",
+        source,
+    })?;
+    Ok(Loaded {
+        maps,
+        current,
+        cgroup,
+    })
+}
+
+fn attach_all(bpf: &mut Ebpf, pin_root: &Path, cgroup: &Path) -> Result<(), EbpfError> {
+    let links = pin_root.join("links");
+    std::fs::create_dir_all(&links).map_err(|source| EbpfError::Io {
+        what: "create",
+        path: links.clone(),
+        source,
+    })?;
+    let cg = File::open(cgroup).map_err(|source| EbpfError::Io {
+        what: "open cgroup",
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
+    for name in PROGRAMS {
+        let perr = |source| EbpfError::Program { name, source };
+        let prog: &mut CgroupSockAddr = bpf
+            .program_mut(name)
+            .ok_or(EbpfError::MissingInObject(name))?
+            .try_into()
+            .map_err(perr)?;
+        prog.load().map_err(|e| classify_program(name, e))?;
+        // With bpf_link_create (kernel ≥ 5.7) `Single` means flags 0: cgroup links always
+        // coexist with other links, which the zero-gap replacement relies on.
+        let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(perr)?;
+        let link = prog.take_link(id).map_err(perr)?;
+        let link = FdLink::try_from(link).map_err(|e| EbpfError::Link {
+            name,
+            detail: e.to_string(),
+        })?;
+        let path = links.join(format!("{LINK_PREFIX}{name}"));
+        // bpffs reserves names with a dot.
+        let tmp = links.join(format!("new_{LINK_PREFIX}{name}"));
+        let _ = std::fs::remove_file(&tmp);
+        link.pin(&tmp).map_err(|e| EbpfError::Link {
+            name,
+            detail: e.to_string(),
+        })?;
+        // Replaces (and so detaches) the link of a previous start, if any.
+        std::fs::rename(&tmp, &path).map_err(|source| EbpfError::Io {
+            what: "pin link",
+            path,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Removes every pinned map and link under `pin_root`; removing a link pin detaches it
+/// (once no process holds it open). A missing pin root is not an error.
+pub fn cleanup(pin_root: &Path) -> Result<(), EbpfError> {
+    match std::fs::remove_dir_all(pin_root) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(|source| EbpfError::Io {
+            what: "remove",
+            path: pin_root.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+// === preflight ===
+
+/// Root, a cgroup2 directory to attach to, bpffs under the pin root. Returns the cgroup.
+fn preflight(pin_root: &Path, cgroup: Option<&Path>) -> Result<PathBuf, EbpfError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(EbpfError::NotRoot);
+    }
+    let cgroup = match cgroup {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| {
+                EbpfError::Io {
+                    what: "read",
+                    path: "/proc/self/mountinfo".into(),
+                    source,
+                }
+            })?;
+            cgroup2_mount(&info).ok_or(EbpfError::NoCgroup2)?
+        }
+    };
+    if fs_magic(&cgroup) != Some(CGROUP2_SUPER_MAGIC) {
+        return Err(EbpfError::NotCgroup2 { path: cgroup });
+    }
+    ensure_bpffs(pin_root)?;
+    Ok(cgroup)
+}
+
+/// Mounts bpffs on `/sys/fs/bpf` if the pin root is below it and it is not bpffs yet, then
+/// creates the pin root and checks it is on bpffs.
+fn ensure_bpffs(pin_root: &Path) -> Result<(), EbpfError> {
+    let sys = Path::new("/sys/fs/bpf");
+    if pin_root.starts_with(sys) && fs_magic(sys) != Some(BPF_FS_MAGIC) {
+        nix::mount::mount(
+            Some("bpf"),
+            sys,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| EbpfError::Bpffs {
+            path: sys.to_path_buf(),
+            source: io::Error::from(e),
+        })?;
+    }
+    std::fs::create_dir_all(pin_root).map_err(|source| EbpfError::Io {
+        what: "create",
+        path: pin_root.to_path_buf(),
+        source,
+    })?;
+    if fs_magic(pin_root) != Some(BPF_FS_MAGIC) {
+        return Err(EbpfError::Bpffs {
+            path: pin_root.to_path_buf(),
+            source: io::Error::other("not on a bpf filesystem"),
+        });
+    }
+    Ok(())
+}
+
+fn fs_magic(path: &Path) -> Option<i64> {
+    nix::sys::statfs::statfs(path)
+        .ok()
+        .map(|s| s.filesystem_type().0)
+}
+
+/// The mount point of the first cgroup2 filesystem in a `/proc/self/mountinfo` text.
+pub(crate) fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// A load error caused by the kernel refusing BPF becomes [`EbpfError::BpfUnavailable`].
+fn classify(e: aya::EbpfError) -> EbpfError {
+    match refused(&e) {
+        Some(io) => EbpfError::BpfUnavailable {
+            detail: format!("{e}: {io}"),
+        },
+        None => EbpfError::Load(e),
+    }
+}
+
+fn classify_program(name: &'static str, e: aya::programs::ProgramError) -> EbpfError {
+    match refused(&e) {
+        Some(io) => EbpfError::BpfUnavailable {
+            detail: format!("loading {name}: {io}"),
+        },
+        None => EbpfError::Program { name, source: e },
+    }
+}
+
+fn refused(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && matches!(
+                io.raw_os_error(),
+                Some(libc::EPERM | libc::ENOSYS | libc::EACCES)
+            )
+        {
+            return Some(io.to_string());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let info = "\
+24 30 0:22 / /sys rw,nosuid shared:7 - sysfs sysfs rw
+35 24 0:30 / /sys/fs/cgroup rw shared:9 - tmpfs tmpfs ro,mode=755
+36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_mount(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_mount("24 30 0:22 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
+    }
+}

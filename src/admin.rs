@@ -34,6 +34,8 @@ pub(crate) struct AdminState {
     /// The data plane's frontends and endpoints; `None` in mode none.
     pub(crate) proxy: Option<svcplane_proxy::StatusSource>,
     pub(crate) health: Health,
+    /// `--mode`, for `/debug/proxy` when the data plane has no per-frontend status.
+    pub(crate) mode: &'static str,
 }
 
 impl AdminState {
@@ -43,6 +45,7 @@ impl AdminState {
         extra: Vec<Box<dyn Collector>>,
         proxy: Option<svcplane_proxy::StatusSource>,
         health: Health,
+        mode: &'static str,
     ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ConfigCollector {
@@ -57,6 +60,7 @@ impl AdminState {
             registry: Arc::new(registry),
             proxy,
             health,
+            mode,
         }
     }
 }
@@ -172,7 +176,7 @@ fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes
         "/debug/proxy" => json(match &state.proxy {
             Some(p) => serde_json::to_vec_pretty(&p.status()),
             None => serde_json::to_vec_pretty(&svcplane_proxy::ProxyStatus {
-                mode: "none",
+                mode: state.mode,
                 version: snapshot.version,
                 frontends: Vec::new(),
             }),
@@ -285,6 +289,7 @@ mod tests {
             Vec::new(),
             None,
             health,
+            "none",
         );
         let r = route(&state, &Method::GET, "/readyz");
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -67,6 +67,17 @@ impl ProbeEnds {
     }
 }
 
+/// Where the self-test's client runs.
+#[derive(Clone, Debug)]
+pub(crate) enum ProbeVia {
+    /// In the daemon (the userspace mode: its listeners serve every process).
+    Daemon,
+    /// In a short-lived child (`svcplane self-test-probe`) moved into this cgroup v2
+    /// directory first: the eBPF mode's programs only see sockets of processes in the
+    /// cgroup they are attached to (or below it), which the daemon need not be.
+    Cgroup(std::path::PathBuf),
+}
+
 /// What the last self-tests found.
 #[derive(Debug)]
 struct ProbeState {
@@ -105,6 +116,7 @@ impl Health {
         &mut self,
         ends: ProbeEnds,
         mode: &'static str,
+        via: ProbeVia,
         cancel: &CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let token = format!(
@@ -123,6 +135,7 @@ impl Health {
         let prober = tokio::spawn(probe_loop(
             ends.frontend,
             token,
+            via,
             state,
             self.settled.clone(),
             cancel.clone(),
@@ -233,6 +246,7 @@ async fn serve_backend(listener: TcpListener, token: String, cancel: Cancellatio
 async fn probe_loop(
     frontend: SocketAddr,
     token: String,
+    via: ProbeVia,
     state: Arc<Mutex<ProbeState>>,
     mut settled: watch::Receiver<u64>,
     cancel: CancellationToken,
@@ -250,7 +264,13 @@ async fn probe_loop(
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let res = match tokio::time::timeout(PROBE_TIMEOUT, probe_once(frontend, &token)).await {
+        let once = async {
+            match &via {
+                ProbeVia::Daemon => probe_once(frontend, &token).await,
+                ProbeVia::Cgroup(cg) => probe_in_cgroup(cg, frontend, &token).await,
+            }
+        };
+        let res = match tokio::time::timeout(PROBE_TIMEOUT, once).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {}", secs(PROBE_TIMEOUT))),
         };
@@ -276,6 +296,83 @@ async fn probe_loop(
     }
 }
 
+/// [`probe_once`] from a child process placed in `cgroup` (killed if the probe times out).
+async fn probe_in_cgroup(
+    cgroup: &std::path::Path,
+    frontend: SocketAddr,
+    token: &str,
+) -> Result<(), String> {
+    use std::process::Stdio;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find svcplane's binary: {e}"))?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("self-test-probe")
+        .arg(frontend.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the self-test client: {e}"))?;
+    let pid = child.id().ok_or("the self-test client exited at once")?;
+    let procs = cgroup.join("cgroup.procs");
+    tokio::fs::write(&procs, pid.to_string())
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot move the self-test client into {}: {e}",
+                procs.display()
+            )
+        })?;
+    // The client connects once it reads this line, that is, from inside the cgroup.
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or("no stdin to the self-test client")?;
+    stdin
+        .write_all(b"go\n")
+        .await
+        .map_err(|e| format!("self-test client: {e}"))?;
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("self-test client: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    check_token(frontend, &out.stdout, token)
+}
+
+/// `svcplane self-test-probe FRONTEND`: waits for a line on stdin (the daemon moves it into
+/// the cgroup meanwhile), connects, copies what the frontend sends to stdout.
+pub(crate) fn probe_main(args: crate::cli::SelfTestProbeArgs) -> std::process::ExitCode {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return std::process::ExitCode::FAILURE;
+    }
+    let run = || -> Result<Vec<u8>, String> {
+        let mut s = std::net::TcpStream::connect_timeout(&args.frontend, PROBE_TIMEOUT)
+            .map_err(|e| format!("connect to {}: {e}", args.frontend))?;
+        s.set_read_timeout(Some(PROBE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)
+            .map_err(|e| format!("read from {}: {e}", args.frontend))?;
+        Ok(got)
+    };
+    match run() {
+        Ok(got) => {
+            let _ = std::io::stdout().write_all(&got);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// One connection through the data plane; Ok when the backend's token comes back whole.
 async fn probe_once(frontend: SocketAddr, token: &str) -> Result<(), String> {
     let mut s = TcpStream::connect(frontend)
@@ -285,6 +382,10 @@ async fn probe_once(frontend: SocketAddr, token: &str) -> Result<(), String> {
     s.read_to_end(&mut got)
         .await
         .map_err(|e| format!("read from {frontend}: {e}"))?;
+    check_token(frontend, &got, token)
+}
+
+fn check_token(frontend: SocketAddr, got: &[u8], token: &str) -> Result<(), String> {
     if got == token.as_bytes() {
         Ok(())
     } else if got.is_empty() {
@@ -294,7 +395,7 @@ async fn probe_once(frontend: SocketAddr, token: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "{frontend} answered {:?}, not this daemon's token (another process on the probe address?)",
-            String::from_utf8_lossy(&got)
+            String::from_utf8_lossy(got)
         ))
     }
 }
@@ -361,7 +462,7 @@ mod tests {
             frontend: ends.backend_addr(),
             backend: ends.backend,
         };
-        let tasks = h.start_probe(ends, "test", &cancel);
+        let tasks = h.start_probe(ends, "test", ProbeVia::Daemon, &cancel);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !h.healthy().0 {
             assert!(Instant::now() < deadline, "{}", h.healthy().1);
@@ -380,7 +481,7 @@ mod tests {
         let mut h = Health::new(snaps, settled);
         let cancel = CancellationToken::new();
         let ends = ProbeEnds::bind().await.unwrap();
-        let tasks = h.start_probe(ends, "test", &cancel);
+        let tasks = h.start_probe(ends, "test", ProbeVia::Daemon, &cancel);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let (ok, body) = h.healthy();

@@ -2,8 +2,8 @@
 //! snapshots and endpoint selection live in `svcplane-config`; data planes live in their own
 //! crates.
 //!
-//! Commands in this build: `run` (modes `userspace` and `none`), `check`, `status` and
-//! `demo`.
+//! Commands in this build: `run` (modes `userspace`, `ebpf` and `none`), `check`, `status`,
+//! `demo` and `cleanup`.
 
 #![forbid(unsafe_code)]
 
@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 mod admin;
 mod check;
+mod cleanup;
 mod cli;
 mod config_file;
 mod demo;
@@ -27,5 +28,7 @@ fn main() -> ExitCode {
         cli::Command::Check(args) => check::main(args),
         cli::Command::Demo(args) => demo::main(args),
         cli::Command::Status(args) => status::main(args),
+        cli::Command::Cleanup(args) => cleanup::main(args),
+        cli::Command::SelfTestProbe(args) => health::probe_main(args),
     }
 }

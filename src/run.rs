@@ -10,13 +10,14 @@ use svcplane_config::{
     AllocOptions, Change, Loader, ManifestWatcher, ParseOptions, Snapshot, diff,
 };
 use svcplane_dns::{DnsCollector, DnsConfig, DnsOptions, DnsServer, DnsSource};
-use svcplane_proxy::{Probe, ProxyOptions, UserspaceProxy};
+use svcplane_ebpf::{EbpfDataPlane, EbpfOptions};
+use svcplane_proxy::{Probe, ProxyOptions, UserspaceProxy, VipAddrs};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::cli::{Mode, RunArgs};
-use crate::health::{Health, ProbeEnds};
+use crate::health::{Health, ProbeEnds, ProbeVia};
 use crate::logging;
 use crate::sync;
 
@@ -118,7 +119,7 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
                 .context("cannot bind the self-test's probe listener on 127.0.0.1")?,
         ),
     };
-    let proxy = match args.mode {
+    let plane = match args.mode {
         Mode::Userspace => {
             let opts = ProxyOptions {
                 node_name: args.node_name.clone(),
@@ -139,13 +140,41 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
                 .map(|ip| ip.to_string())
                 .collect();
             tracing::info!(node_ips = ips.join(","), "userspace proxy started");
-            Some(proxy)
+            Some(DataPlane::Userspace(proxy))
+        }
+        Mode::Ebpf => {
+            let node_ips = if args.node_ips.is_empty() {
+                let addrs = VipAddrs::open()
+                    .await
+                    .context("cannot read the node's addresses")?;
+                svcplane_proxy::addrs::default_node_ips(&addrs.list().await?)
+            } else {
+                args.node_ips.clone()
+            };
+            let opts = EbpfOptions {
+                pin_root: args.bpf_pin_root.clone(),
+                cgroup: args.cgroup.clone(),
+                node_name: args.node_name.clone(),
+                node_ips: node_ips.clone(),
+                probe: probe.as_ref().map(|p| (p.frontend, p.backend_addr())),
+            };
+            let ebpf = EbpfDataPlane::start(opts, plane_rx)
+                .await
+                .context("cannot start the eBPF data plane")?;
+            let ips: Vec<String> = node_ips.iter().map(|ip| ip.to_string()).collect();
+            tracing::info!(
+                node_ips = ips.join(","),
+                cgroup = %ebpf.cgroup().display(),
+                pin_root = %ebpf.pin_root().display(),
+                "eBPF data plane started"
+            );
+            Some(DataPlane::Ebpf(ebpf))
         }
         Mode::None => None,
     };
     let cancel = CancellationToken::new();
     let (settled_tx, settled) = watch::channel(0u64);
-    let plane = proxy.as_ref().map(|p| sync::Plane {
+    let plane_sync = plane.as_ref().map(|p| sync::Plane {
         snapshots: plane_tx,
         programmed: p.programmed(),
     });
@@ -153,28 +182,38 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
         watcher.subscribe(),
         dns_tx,
         dns.applied(),
-        plane,
+        plane_sync,
         settled_tx,
         cancel.clone(),
     ));
     let mut collectors: Vec<Box<dyn prometheus_client::collector::Collector>> =
         vec![Box::new(DnsCollector(dns.metrics()))];
-    if let Some(p) = &proxy {
+    if let Some(DataPlane::Userspace(p)) = &plane {
         collectors.push(Box::new(p.collector()));
     }
     // Stopped first on shutdown: a draining data plane is not a failing one.
     let probe_cancel = cancel.child_token();
     let mut health = Health::new(watcher.subscribe(), settled.clone());
-    let probe_tasks = match probe {
-        Some(ends) => health.start_probe(ends, args.mode.as_str(), &probe_cancel),
-        None => Vec::new(),
+    let probe_tasks = match (probe, &plane) {
+        (Some(ends), Some(p)) => {
+            let via = match p {
+                DataPlane::Userspace(_) => ProbeVia::Daemon,
+                DataPlane::Ebpf(e) => ProbeVia::Cgroup(e.cgroup().to_path_buf()),
+            };
+            health.start_probe(ends, args.mode.as_str(), via, &probe_cancel)
+        }
+        _ => Vec::new(),
     };
     let state = AdminState::new(
         watcher.subscribe(),
         watcher.stats(),
         collectors,
-        proxy.as_ref().map(UserspaceProxy::status_source),
+        match &plane {
+            Some(DataPlane::Userspace(p)) => Some(p.status_source()),
+            _ => None,
+        },
         health,
+        args.mode.as_str(),
     );
     let admin_task = tokio::spawn(admin::serve(listener, state, cancel.clone()));
     let log_task = tokio::spawn(log_changes(watcher.subscribe(), cancel.clone()));
@@ -198,14 +237,24 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
     signals.wait().await;
     tracing::info!("shutting down");
     probe_cancel.cancel();
-    if let Some(p) = proxy {
-        let drain = args
-            .drain_timeout
-            .map_or(DRAIN_TIMEOUT, Duration::from_secs);
-        let left = p.stop(drain).await;
-        if left > 0 {
-            tracing::warn!(connections = left, "drain timeout: closing connections");
+    match plane {
+        Some(DataPlane::Userspace(p)) => {
+            let drain = args
+                .drain_timeout
+                .map_or(DRAIN_TIMEOUT, Duration::from_secs);
+            let left = p.stop(drain).await;
+            if left > 0 {
+                tracing::warn!(connections = left, "drain timeout: closing connections");
+            }
         }
+        Some(DataPlane::Ebpf(e)) => {
+            e.stop().await;
+            tracing::info!(
+                pin_root = %args.bpf_pin_root.display(),
+                "eBPF programs and maps stay pinned and keep routing; `svcplane cleanup` removes them"
+            );
+        }
+        None => {}
     }
     cancel.cancel();
     dns.stop().await;
@@ -216,6 +265,21 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The data plane chosen with `--mode`.
+enum DataPlane {
+    Userspace(UserspaceProxy),
+    Ebpf(EbpfDataPlane),
+}
+
+impl DataPlane {
+    fn programmed(&self) -> watch::Receiver<u64> {
+        match self {
+            DataPlane::Userspace(p) => p.programmed(),
+            DataPlane::Ebpf(e) => e.programmed(),
+        }
+    }
 }
 
 /// SIGTERM and SIGINT handlers, installed before the daemon reports anything.

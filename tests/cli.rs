@@ -166,7 +166,7 @@ fn check_missing_path_is_a_clear_error() {
 #[test]
 fn bad_flags_are_usage_errors() {
     for args in [
-        &["run", "--manifests", "x", "--mode", "ebpf"][..],
+        &["run", "--manifests", "x", "--mode", "ipvs"][..],
         &["run", "--manifests", "x", "--nodeport-range", "9-1"][..],
         &["check"][..],
     ] {

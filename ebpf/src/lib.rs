@@ -67,6 +67,9 @@ pub struct EbpfOptions {
     pub node_name: Option<String>,
     /// Addresses NodePorts are served on (add 127.0.0.1 to serve it there).
     pub node_ips: Vec<IpAddr>,
+    /// The daemon's health self-test (frontend, endpoint): a TCP frontend always in the
+    /// maps.
+    pub probe: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 impl Default for EbpfOptions {
@@ -76,6 +79,7 @@ impl Default for EbpfOptions {
             cgroup: None,
             node_name: None,
             node_ips: vec![IpAddr::from([127, 0, 0, 1])],
+            probe: None,
         }
     }
 }
@@ -83,6 +87,12 @@ impl Default for EbpfOptions {
 /// Why the data plane cannot start or program. The first four name what is missing.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
+    #[error(
+        "this svcplane was built without its eBPF programs (clang or libbpf-dev was missing at \
+         build time): `apt-get install -y clang llvm libbpf-dev`, then rebuild; or use --mode \
+         userspace"
+    )]
+    NotBuilt,
     #[error(
         "the eBPF data plane needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN): run svcplane \
          as root, or use --mode userspace"
@@ -178,6 +188,7 @@ impl EbpfDataPlane {
         let node = NodeInfo {
             node_name: opts.node_name.clone(),
             node_ips: opts.node_ips.clone(),
+            probe: opts.probe,
         };
         let cgroup = loaded.cgroup.clone();
         let (programmed_tx, programmed) = watch::channel(0);

@@ -21,7 +21,8 @@ use crate::abi::{SvcKey, SvcValue};
 use crate::maps::BpfMaps;
 use crate::sync::FrontendSet;
 
-/// The compiled programs (`bpf/svcplane.bpf.c`, built by `build.rs`).
+/// The compiled programs (`bpf/svcplane.bpf.c`, built by `build.rs`); empty when clang or
+/// libbpf's headers were missing at build time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svcplane.bpf.o"));
 
 /// Map names in the object (and their pin names).
@@ -61,6 +62,9 @@ pub(crate) struct Loaded {
 
 /// Everything a start does before the first sync.
 pub(crate) fn load(pin_root: &Path, cgroup: Option<&Path>) -> Result<Loaded, EbpfError> {
+    if OBJECT.is_empty() {
+        return Err(EbpfError::NotBuilt);
+    }
     let cgroup = preflight(pin_root, cgroup)?;
     let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, pin_root.join(m))).collect();
     let mut loader = EbpfLoader::new();

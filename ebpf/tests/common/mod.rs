@@ -265,6 +265,7 @@ impl Env {
             cgroup: Some(self.cgroup.path.clone()),
             node_name: Some("node-a".into()),
             node_ips: vec!["10.0.0.5".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+            probe: None,
         }
     }
 

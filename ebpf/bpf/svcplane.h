@@ -91,4 +91,14 @@ struct svc_affinity_value {
 	__u64 last_used_ns; /* bpf_ktime_get_ns() */
 };
 
+/* The sizes ebpf/src/abi.rs asserts for its mirrors. */
+_Static_assert(sizeof(struct svc_frontend) == 20, "svc_frontend");
+_Static_assert(sizeof(struct svc_key) == 24, "svc_key");
+_Static_assert(sizeof(struct svc_value) == 32, "svc_value");
+_Static_assert(sizeof(struct svc_backend) == 20, "svc_backend");
+_Static_assert(sizeof(struct svc_sticky_key) == 32, "svc_sticky_key");
+_Static_assert(sizeof(struct svc_rev_key) == 32, "svc_rev_key");
+_Static_assert(sizeof(struct svc_affinity_key) == 16, "svc_affinity_key");
+_Static_assert(sizeof(struct svc_affinity_value) == 32, "svc_affinity_value");
+
 #endif

@@ -45,15 +45,80 @@ pub(crate) struct SvcValue {
     pub(crate) flags: u32,
 }
 
-// SAFETY: both are #[repr(C)] structs of integers with no padding bytes (the sizes below
-// equal the sum of their fields), so every bit pattern is valid and none is uninitialized.
+/// `struct svc_backend`: an endpoint remembered by sticky, reverse and affinity entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SvcBackend {
+    pub(crate) addr: [u32; 4],
+    pub(crate) port: u16,
+    pub(crate) slot: u16,
+}
+
+/// `struct svc_sticky_key` (`v1_udp_sticky`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SvcStickyKey {
+    pub(crate) cookie: u64,
+    pub(crate) fe: SvcFrontend,
+    pub(crate) pad: u32,
+}
+
+/// `struct svc_rev_key` (`v1_rev`, value [`SvcFrontend`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SvcRevKey {
+    pub(crate) cookie: u64,
+    pub(crate) addr: [u32; 4],
+    pub(crate) port: u16,
+    pub(crate) family: u8,
+    pub(crate) pad1: u8,
+    pub(crate) pad2: u32,
+}
+
+/// `struct svc_affinity_key` (`v1_affinity`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SvcAffinityKey {
+    pub(crate) netns_cookie: u64,
+    pub(crate) fe_id: u32,
+    pub(crate) pad: u32,
+}
+
+/// `struct svc_affinity_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SvcAffinityValue {
+    pub(crate) backend: SvcBackend,
+    pub(crate) pad: u32,
+    pub(crate) last_used_ns: u64,
+}
+
+// SAFETY: all of these are #[repr(C)] structs of integers with no padding bytes (the sizes
+// asserted below equal the sum of their fields), so every bit pattern is valid and none is uninitialized.
 unsafe impl aya::Pod for SvcKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SvcValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SvcFrontend {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SvcBackend {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SvcStickyKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SvcRevKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SvcAffinityKey {}
+// SAFETY: as above (the explicit `pad` field fills the hole before the u64).
+unsafe impl aya::Pod for SvcAffinityValue {}
 
 const _: () = assert!(std::mem::size_of::<SvcFrontend>() == 20);
 const _: () = assert!(std::mem::size_of::<SvcKey>() == 24);
 const _: () = assert!(std::mem::size_of::<SvcValue>() == 32);
+const _: () = assert!(std::mem::size_of::<SvcBackend>() == 20);
+const _: () = assert!(std::mem::size_of::<SvcStickyKey>() == 32);
+const _: () = assert!(std::mem::size_of::<SvcRevKey>() == 32);
+const _: () = assert!(std::mem::size_of::<SvcAffinityKey>() == 16);
+const _: () = assert!(std::mem::size_of::<SvcAffinityValue>() == 32);
 
 /// Address in the header's layout: network order, IPv4 in `addr[0]`.
 pub(crate) fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {

@@ -10,9 +10,10 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, MapData};
-use aya::programs::links::FdLink;
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
 
@@ -139,16 +140,49 @@ fn attach_all(bpf: &mut Ebpf, pin_root: &Path, cgroup: &Path) -> Result<(), Ebpf
     Ok(())
 }
 
-/// Removes every pinned map and link under `pin_root`; removing a link pin detaches it
-/// (once no process holds it open). A missing pin root is not an error.
+/// Removes every pinned map and link under `pin_root` and waits (up to 2 s) until the
+/// links are gone: removing a link pin detaches it once no process holds it open, and the
+/// kernel releases it asynchronously. A missing pin root is not an error.
 pub fn cleanup(pin_root: &Path) -> Result<(), EbpfError> {
+    let mut ids = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(pin_root.join("links")) {
+        for e in dir.flatten() {
+            if let Ok(link) = PinnedLink::from_pin(e.path())
+                && let Ok(info) = FdLink::from(link).info()
+            {
+                ids.push(info.program_id());
+            }
+        }
+    }
     match std::fs::remove_dir_all(pin_root) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         r => r.map_err(|source| EbpfError::Io {
             what: "remove",
             path: pin_root.to_path_buf(),
             source,
-        }),
+        })?,
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        // A program outlives its link's detach by nothing: it is freed by the release
+        // that detaches the link (which happens after an RCU grace period and a work item).
+        let left: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .filter(|id| ids.contains(id))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(EbpfError::Link {
+                name: "cleanup",
+                detail: format!(
+                    "programs {left:?} are still attached: a process (a running svcplane?) holds their links open"
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

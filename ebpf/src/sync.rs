@@ -361,12 +361,15 @@ impl Syncer {
         }
         self.apply(&mut ops, maps, &mut report)?;
         if full {
+            let claimed: std::collections::HashSet<Frontend> = wanted
+                .iter()
+                .flat_map(|(_, w)| w.iter().map(|(f, _)| *f))
+                .collect();
             let leftovers: Vec<Frontend> = self
                 .state
                 .keys()
-                .filter(|fe| !self.owners.contains_key(fe))
+                .filter(|fe| !self.owners.contains_key(fe) && !claimed.contains(fe))
                 .copied()
-                .filter(|fe| !wanted.iter().any(|(_, w)| w.iter().any(|(f, _)| f == fe)))
                 .collect();
             for fe in leftovers {
                 self.release(fe, &mut ops);

@@ -56,18 +56,57 @@ def main():
                 print(f"{data.decode().split(':')[0]} {addr[0]} {addr[1]}", flush=True)
             except OSError as e:
                 print(f"ERR {e}", flush=True)
+    elif cmd == "udp-sendto-wait":
+        # One socket: a datagram, then (once the file named by arg exists) another.
+        import os
+        s = socket.socket(family(host), socket.SOCK_DGRAM)
+        s.settimeout(2)
+        for i in range(2):
+            if i == 1:
+                deadline = time.monotonic() + 30
+                while not os.path.exists(arg) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            try:
+                s.sendto(f"m{i}".encode(), (host, port))
+                data, addr = s.recvfrom(100)
+                print(f"{data.decode().split(':')[0]} {addr[0]} {addr[1]}", flush=True)
+            except OSError as e:
+                print(f"ERR {e}", flush=True)
+    elif cmd == "udp-connect-wait":
+        # A connected socket: a datagram; once the file named by arg exists another one;
+        # then connect() again and one more.
+        import os
+        s = socket.socket(family(host), socket.SOCK_DGRAM)
+        s.settimeout(2)
+        s.connect((host, port))
+        for i in range(3):
+            if i == 1:
+                deadline = time.monotonic() + 30
+                while not os.path.exists(arg) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            if i == 2:
+                s.connect((host, port))
+            try:
+                s.send(f"m{i}".encode())
+                data, addr = s.recvfrom(100)
+                print(f"{data.decode().split(':')[0]} {addr[0]} {addr[1]}", flush=True)
+            except OSError as e:
+                print(f"ERR {e}", flush=True)
     elif cmd == "load":
-        # TCP connections until the file named by arg exists; then "ok N fail M".
+        # TCP connections until the file named by arg exists (at most 60 s); then
+        # "ok N fail M [first errors]".
         ok = fail = 0
         errors = []
         import os
-        while not os.path.exists(arg):
+        deadline = time.monotonic() + 60
+        while not os.path.exists(arg) and time.monotonic() < deadline:
             try:
                 tcp_once(host, port)
                 ok += 1
             except OSError as e:
                 fail += 1
-                errors.append(str(e))
+                if len(errors) < 3:
+                    errors.append(str(e))
         print(f"ok {ok} fail {fail} {errors[:3]}", flush=True)
     else:
         sys.exit(f"unknown command {cmd}")

@@ -290,12 +290,14 @@ impl Env {
             .expect("start the eBPF data plane")
     }
 
-    /// Starts the python client in the cgroup and the namespace.
-    pub fn client_spawn(&self, args: &[&str]) -> std::process::Child {
-        self.client_command(args)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+    /// Starts the python client in the cgroup and the namespace; killed on drop.
+    pub fn client_spawn(&self, args: &[&str]) -> ClientProc {
+        ClientProc(Some(
+            self.client_command(args)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ))
     }
 
     fn client_command(&self, args: &[&str]) -> Command {
@@ -324,6 +326,40 @@ impl Env {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+}
+
+/// A client process, killed on drop (a failed test must not leave load running).
+pub struct ClientProc(Option<std::process::Child>);
+
+impl ClientProc {
+    /// The next line the client prints.
+    pub fn read_line(&mut self) -> String {
+        let child = self.0.as_mut().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        child.stdout = Some(out);
+        String::from_utf8_lossy(&line).into_owned()
+    }
+
+    /// Waits for the client to exit; its stdout.
+    pub fn finish(mut self) -> String {
+        let child = self.0.take().unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for ClientProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

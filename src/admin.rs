@@ -36,6 +36,8 @@ pub(crate) struct AdminState {
     pub(crate) health: Health,
     /// `--mode`, for `/debug/proxy` when the data plane has no per-frontend status.
     pub(crate) mode: &'static str,
+    /// The eBPF maps' content, in `--mode ebpf`.
+    pub(crate) ebpf: Option<svcplane_ebpf::Listing>,
 }
 
 impl AdminState {
@@ -61,6 +63,7 @@ impl AdminState {
             proxy,
             health,
             mode,
+            ebpf: None,
         }
     }
 }
@@ -134,6 +137,68 @@ fn json(body: serde_json::Result<Vec<u8>>) -> Response<Full<Bytes>> {
     }
 }
 
+/// `/debug/proxy` of the eBPF mode: the maps' frontends with their endpoints in slot order,
+/// and the port's other endpoints as unused; no counters (there is no per-connection state).
+fn ebpf_status(
+    listing: &svcplane_ebpf::Listing,
+    snap: &Snapshot,
+    version: u64,
+) -> serde_json::Value {
+    let mut fronts = listing.frontends();
+    fronts.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
+    let frontends: Vec<serde_json::Value> = fronts
+        .into_iter()
+        .map(|(fe, owner, slots)| {
+            let view = snap.port(&owner);
+            let kind = match view {
+                None => "self-test",
+                Some(v) if v.cluster_ips.contains(&fe.ip) => "ClusterIP",
+                Some(v) if v.external_ips.contains(&fe.ip) => "ExternalIP",
+                Some(v) if v.load_balancer_ips.contains(&fe.ip) => "LoadBalancer",
+                Some(_) => "NodePort",
+            };
+            let mut endpoints: Vec<serde_json::Value> = slots
+                .iter()
+                .map(|addr| {
+                    let state = view
+                        .and_then(|v| v.endpoints.iter().find(|e| e.backend.0 == *addr))
+                        .map_or("ready", |e| condition(e.conditions));
+                    serde_json::json!({"endpoint": addr.to_string(), "state": state, "routed": true})
+                })
+                .collect();
+            for e in view.map(|v| v.endpoints.as_slice()).unwrap_or_default() {
+                let same_family = e.backend.0.is_ipv4() == fe.ip.is_ipv4();
+                if same_family && !slots.contains(&e.backend.0) {
+                    endpoints.push(serde_json::json!({
+                        "endpoint": e.backend.0.to_string(),
+                        "state": condition(e.conditions),
+                        "routed": false,
+                    }));
+                }
+            }
+            serde_json::json!({
+                "protocol": fe.protocol.as_str(),
+                "frontend": std::net::SocketAddr::new(fe.ip, fe.port).to_string(),
+                "kind": kind,
+                "service": owner.service.to_string(),
+                "port": owner.port,
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    serde_json::json!({"mode": "ebpf", "version": version, "frontends": frontends})
+}
+
+fn condition(c: svcplane_config::Conditions) -> &'static str {
+    if c.ready {
+        "ready"
+    } else if c.serving && c.terminating {
+        "terminating"
+    } else {
+        "not-ready"
+    }
+}
+
 fn status(ok: bool) -> StatusCode {
     if ok {
         StatusCode::OK
@@ -173,9 +238,12 @@ fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes
             }
         }
         "/debug/snapshot" => json(serde_json::to_vec_pretty(&*snapshot)),
-        "/debug/proxy" => json(match &state.proxy {
-            Some(p) => serde_json::to_vec_pretty(&p.status()),
-            None => serde_json::to_vec_pretty(&svcplane_proxy::ProxyStatus {
+        "/debug/proxy" => json(match (&state.proxy, &state.ebpf) {
+            (Some(p), _) => serde_json::to_vec_pretty(&p.status()),
+            (None, Some(listing)) => {
+                serde_json::to_vec_pretty(&ebpf_status(listing, &snapshot, state.health.settled()))
+            }
+            (None, None) => serde_json::to_vec_pretty(&svcplane_proxy::ProxyStatus {
                 mode: state.mode,
                 version: snapshot.version,
                 frontends: Vec::new(),

@@ -143,6 +143,11 @@ impl Health {
         vec![backend, prober]
     }
 
+    /// The version DNS and the data plane answer.
+    pub(crate) fn settled(&self) -> u64 {
+        *self.settled.borrow()
+    }
+
     /// `/readyz`: (ready, body).
     pub(crate) fn ready(&self) -> (bool, String) {
         let settled = *self.settled.borrow();

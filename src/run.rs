@@ -204,7 +204,7 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
         }
         _ => Vec::new(),
     };
-    let state = AdminState::new(
+    let mut state = AdminState::new(
         watcher.subscribe(),
         watcher.stats(),
         collectors,
@@ -215,6 +215,9 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
         health,
         args.mode.as_str(),
     );
+    if let Some(DataPlane::Ebpf(e)) = &plane {
+        state.ebpf = Some(e.listing());
+    }
     let admin_task = tokio::spawn(admin::serve(listener, state, cancel.clone()));
     let log_task = tokio::spawn(log_changes(watcher.subscribe(), cancel.clone()));
     tracing::info!(

@@ -170,6 +170,34 @@ fn ebpf_mode_routes_across_a_crash_and_a_restart_until_cleanup() {
         "{health}"
     );
 
+    // `status` lists what the maps hold: the VIP with its endpoints in slot order, and the
+    // self-test frontend; no counters.
+    let table = d.status(&[]);
+    assert!(
+        table.starts_with("mode ebpf, snapshot version 1\n"),
+        "{table}"
+    );
+    let vip = table
+        .lines()
+        .position(|l| l.starts_with("TCP   10.96.0.10:80 "))
+        .unwrap_or_else(|| panic!("{table}"));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[vip].contains("ClusterIP") && lines[vip].contains("default/web:80"),
+        "{table}"
+    );
+    for (k, line) in lines[vip + 1..vip + 4].iter().enumerate() {
+        let want = format!("  -> 10.201.{k}.2:8080");
+        assert!(line.starts_with(&want) && line.contains("ready"), "{table}");
+        assert!(
+            line.trim_end().ends_with('-'),
+            "no counters in ebpf mode: {table}"
+        );
+    }
+    assert!(table.contains("self-test"), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&d.status(&["-o", "json"])).unwrap();
+    assert_eq!(json["mode"], "ebpf");
+
     // A crash leaves the programs pinned: traffic still routes.
     d.kill9();
     let got = requests(&cg.0, &t.node.name, 3);

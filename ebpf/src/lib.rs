@@ -43,10 +43,10 @@ pub mod sync;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use svcplane_config::Snapshot;
+use svcplane_config::{Frontend, ServicePortKey, Snapshot};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -150,11 +150,28 @@ pub enum EbpfError {
     },
 }
 
+/// What the maps hold, read through the programming loop's syncer.
+#[derive(Clone, Debug)]
+pub struct Listing(Arc<Mutex<Option<Syncer>>>);
+
+impl Listing {
+    /// Every frontend with the Service port that owns it (or the self-test's key) and its
+    /// endpoints in slot order. One pass over the frontends, under the syncer's lock.
+    pub fn frontends(&self) -> Vec<(Frontend, ServicePortKey, Vec<std::net::SocketAddr>)> {
+        lock(&self.0)
+            .as_ref()
+            .map(Syncer::listing)
+            .unwrap_or_default()
+    }
+}
+
 /// The running eBPF data plane. Dropping it (or [`stop`](Self::stop)) stops programming;
 /// programs, links and maps stay pinned and keep routing. [`cleanup`] removes them.
 #[derive(Debug)]
 pub struct EbpfDataPlane {
     programmed: watch::Receiver<u64>,
+    /// The syncer, locked by the programming loop and by [`Self::frontends`].
+    syncer: Arc<Mutex<Option<Syncer>>>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     cgroup: PathBuf,
@@ -194,11 +211,22 @@ impl EbpfDataPlane {
         let (programmed_tx, programmed) = watch::channel(0);
         let (stop, stop_rx) = watch::channel(false);
         let handle = tokio::runtime::Handle::current();
+        let syncer = Arc::new(Mutex::new(None));
+        let shared = Arc::clone(&syncer);
         let task = tokio::task::spawn_blocking(move || {
-            run(handle, loaded, node, snapshots, stop_rx, programmed_tx);
+            run(
+                handle,
+                loaded,
+                node,
+                snapshots,
+                stop_rx,
+                programmed_tx,
+                &shared,
+            );
         });
         Ok(EbpfDataPlane {
             programmed,
+            syncer,
             stop,
             task: Some(task),
             cgroup,
@@ -209,6 +237,11 @@ impl EbpfDataPlane {
     /// The snapshot version whose frontends are in the maps.
     pub fn programmed(&self) -> watch::Receiver<u64> {
         self.programmed.clone()
+    }
+
+    /// Reads what the maps hold, for `svcplane status` (cheap to clone).
+    pub fn listing(&self) -> Listing {
+        Listing(Arc::clone(&self.syncer))
     }
 
     /// The cgroup the programs are attached to.
@@ -244,15 +277,20 @@ fn run(
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     mut stop: watch::Receiver<bool>,
     programmed: watch::Sender<u64>,
+    shared: &Mutex<Option<Syncer>>,
 ) {
     let loader::Loaded {
         mut maps, current, ..
     } = loaded;
-    let mut syncer = Syncer::new(node.clone(), current);
+    *lock(shared) = Some(Syncer::new(node.clone(), current));
     loop {
         let snap = snapshots.borrow_and_update().clone();
         if snap.version > 0 && *programmed.borrow() != snap.version {
             let started = Instant::now();
+            let mut guard = lock(shared);
+            let Some(syncer) = guard.as_mut() else {
+                return;
+            };
             match syncer.sync(&snap, &mut maps) {
                 Ok(report) => {
                     for (fe, port) in &report.conflicts {
@@ -271,7 +309,7 @@ fn run(
                 Err(e) => {
                     tracing::error!(version = snap.version, error = %e, "programming the eBPF maps failed; retried from the maps' content on the next snapshot");
                     match maps.adopt() {
-                        Ok(current) => syncer = Syncer::new(node.clone(), current),
+                        Ok(current) => *syncer = Syncer::new(node.clone(), current),
                         Err(e) => tracing::error!(error = %e, "reading the services map"),
                     }
                 }
@@ -287,4 +325,8 @@ fn run(
             break;
         }
     }
+}
+
+fn lock(m: &Mutex<Option<Syncer>>) -> std::sync::MutexGuard<'_, Option<Syncer>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

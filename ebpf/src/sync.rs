@@ -317,6 +317,17 @@ impl Syncer {
         }
     }
 
+    /// Every frontend with its owner (a Service port, or the self-test) and endpoints.
+    pub fn listing(&self) -> Vec<(Frontend, ServicePortKey, Vec<SocketAddr>)> {
+        self.state
+            .iter()
+            .filter_map(|(fe, st)| {
+                let owner = self.owners.get(fe)?;
+                Some((*fe, owner.clone(), st.endpoints.clone()))
+            })
+            .collect()
+    }
+
     /// The content the maps hold after the last successful sync.
     pub fn state(&self) -> &FrontendSet {
         &self.state

@@ -10,7 +10,7 @@ use svcplane_config::{
     AllocOptions, Change, Loader, ManifestWatcher, ParseOptions, Snapshot, diff,
 };
 use svcplane_dns::{DnsCollector, DnsConfig, DnsOptions, DnsServer, DnsSource};
-use svcplane_ebpf::{EbpfDataPlane, EbpfOptions};
+use svcplane_ebpf::{EbpfCollector, EbpfDataPlane, EbpfOptions};
 use svcplane_proxy::{Probe, ProxyOptions, UserspaceProxy, VipAddrs};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -188,8 +188,10 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
     ));
     let mut collectors: Vec<Box<dyn prometheus_client::collector::Collector>> =
         vec![Box::new(DnsCollector(dns.metrics()))];
-    if let Some(DataPlane::Userspace(p)) = &plane {
-        collectors.push(Box::new(p.collector()));
+    match &plane {
+        Some(DataPlane::Userspace(p)) => collectors.push(Box::new(p.collector())),
+        Some(DataPlane::Ebpf(e)) => collectors.push(Box::new(EbpfCollector(e.metrics()))),
+        None => {}
     }
     // Stopped first on shutdown: a draining data plane is not a failing one.
     let probe_cancel = cancel.child_token();

@@ -198,6 +198,16 @@ fn ebpf_mode_routes_across_a_crash_and_a_restart_until_cleanup() {
     let json: serde_json::Value = serde_json::from_str(&d.status(&["-o", "json"])).unwrap();
     assert_eq!(json["mode"], "ebpf");
 
+    let metrics = d.get(&t.node, "/metrics");
+    assert!(
+        metrics.contains("kubeproxy_sync_proxy_rules_duration_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("svcplane_ebpf_frontends 2"),
+        "the VIP and the self-test: {metrics}"
+    );
+
     // A crash leaves the programs pinned: traffic still routes.
     d.kill9();
     let got = requests(&cg.0, &t.node.name, 3);

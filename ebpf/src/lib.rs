@@ -39,6 +39,7 @@
 mod abi;
 pub mod loader;
 mod maps;
+pub mod metrics;
 pub mod sync;
 
 use std::net::IpAddr;
@@ -52,6 +53,7 @@ use tokio::task::JoinHandle;
 
 pub use loader::cleanup;
 pub use maps::BpfMaps;
+pub use metrics::{EbpfCollector, EbpfMetrics};
 pub use sync::{FrontendSet, FrontendState, MapOp, MapOps, NodeInfo, SyncReport, Syncer};
 
 /// Where maps and links are pinned unless told otherwise.
@@ -170,8 +172,9 @@ impl Listing {
 #[derive(Debug)]
 pub struct EbpfDataPlane {
     programmed: watch::Receiver<u64>,
-    /// The syncer, locked by the programming loop and by [`Self::frontends`].
+    /// The syncer, locked by the programming loop and by [`Listing::frontends`].
     syncer: Arc<Mutex<Option<Syncer>>>,
+    metrics: Arc<EbpfMetrics>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     cgroup: PathBuf,
@@ -213,20 +216,21 @@ impl EbpfDataPlane {
         let handle = tokio::runtime::Handle::current();
         let syncer = Arc::new(Mutex::new(None));
         let shared = Arc::clone(&syncer);
+        let metrics = Arc::new(EbpfMetrics::default());
+        let m = Arc::clone(&metrics);
         let task = tokio::task::spawn_blocking(move || {
-            run(
+            let lp = Loop {
                 handle,
-                loaded,
                 node,
-                snapshots,
-                stop_rx,
-                programmed_tx,
-                &shared,
-            );
+                shared: &shared,
+                metrics: &m,
+            };
+            lp.run(loaded, snapshots, stop_rx, programmed_tx);
         });
         Ok(EbpfDataPlane {
             programmed,
             syncer,
+            metrics,
             stop,
             task: Some(task),
             cgroup,
@@ -237,6 +241,11 @@ impl EbpfDataPlane {
     /// The snapshot version whose frontends are in the maps.
     pub fn programmed(&self) -> watch::Receiver<u64> {
         self.programmed.clone()
+    }
+
+    /// The programming loop's metrics (register [`EbpfCollector`] for `/metrics`).
+    pub fn metrics(&self) -> Arc<EbpfMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Reads what the maps hold, for `svcplane status` (cheap to clone).
@@ -270,59 +279,74 @@ impl Drop for EbpfDataPlane {
 
 /// The programming loop: one sync per snapshot; after a failed sync the next one starts
 /// from the maps' real content.
-fn run(
+struct Loop<'a> {
     handle: tokio::runtime::Handle,
-    loaded: loader::Loaded,
     node: NodeInfo,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    mut stop: watch::Receiver<bool>,
-    programmed: watch::Sender<u64>,
-    shared: &Mutex<Option<Syncer>>,
-) {
-    let loader::Loaded {
-        mut maps, current, ..
-    } = loaded;
-    *lock(shared) = Some(Syncer::new(node.clone(), current));
-    loop {
-        let snap = snapshots.borrow_and_update().clone();
-        if snap.version > 0 && *programmed.borrow() != snap.version {
-            let started = Instant::now();
-            let mut guard = lock(shared);
-            let Some(syncer) = guard.as_mut() else {
-                return;
-            };
-            match syncer.sync(&snap, &mut maps) {
-                Ok(report) => {
-                    for (fe, port) in &report.conflicts {
-                        tracing::warn!(frontend = %fe, port = %port, "frontend already taken by another Service port");
+    shared: &'a Mutex<Option<Syncer>>,
+    metrics: &'a EbpfMetrics,
+}
+
+impl Loop<'_> {
+    fn run(
+        self,
+        loaded: loader::Loaded,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+        mut stop: watch::Receiver<bool>,
+        programmed: watch::Sender<u64>,
+    ) {
+        let Loop {
+            handle,
+            node,
+            shared,
+            metrics,
+        } = self;
+        let loader::Loaded {
+            mut maps, current, ..
+        } = loaded;
+        *lock(shared) = Some(Syncer::new(node.clone(), current));
+        loop {
+            let snap = snapshots.borrow_and_update().clone();
+            if snap.version > 0 && *programmed.borrow() != snap.version {
+                let started = Instant::now();
+                let mut guard = lock(shared);
+                let Some(syncer) = guard.as_mut() else {
+                    return;
+                };
+                match syncer.sync(&snap, &mut maps) {
+                    Ok(report) => {
+                        let since = snap.changed_at.map(|t| t.elapsed());
+                        metrics.record(started.elapsed(), since, &report);
+                        for (fe, port) in &report.conflicts {
+                            tracing::warn!(frontend = %fe, port = %port, "frontend already taken by another Service port");
+                        }
+                        tracing::debug!(
+                            version = snap.version,
+                            ports_changed = report.ports_changed,
+                            ops = report.ops,
+                            frontends = report.frontends,
+                            took_us = started.elapsed().as_micros() as u64,
+                            "eBPF maps programmed"
+                        );
+                        programmed.send_replace(snap.version);
                     }
-                    tracing::debug!(
-                        version = snap.version,
-                        ports_changed = report.ports_changed,
-                        ops = report.ops,
-                        frontends = report.frontends,
-                        took_us = started.elapsed().as_micros() as u64,
-                        "eBPF maps programmed"
-                    );
-                    programmed.send_replace(snap.version);
-                }
-                Err(e) => {
-                    tracing::error!(version = snap.version, error = %e, "programming the eBPF maps failed; retried from the maps' content on the next snapshot");
-                    match maps.adopt() {
-                        Ok(current) => *syncer = Syncer::new(node.clone(), current),
-                        Err(e) => tracing::error!(error = %e, "reading the services map"),
+                    Err(e) => {
+                        tracing::error!(version = snap.version, error = %e, "programming the eBPF maps failed; retried from the maps' content on the next snapshot");
+                        match maps.adopt() {
+                            Ok(current) => *syncer = Syncer::new(node.clone(), current),
+                            Err(e) => tracing::error!(error = %e, "reading the services map"),
+                        }
                     }
                 }
             }
-        }
-        let stopped = handle.block_on(async {
-            tokio::select! {
-                r = stop.changed() => r.is_err() || *stop.borrow(),
-                r = snapshots.changed() => r.is_err(),
+            let stopped = handle.block_on(async {
+                tokio::select! {
+                    r = stop.changed() => r.is_err() || *stop.borrow(),
+                    r = snapshots.changed() => r.is_err(),
+                }
+            });
+            if stopped || *stop.borrow() {
+                break;
             }
-        });
-        if stopped || *stop.borrow() {
-            break;
         }
     }
 }

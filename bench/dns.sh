@@ -122,7 +122,7 @@ bg() {
 log "building svcplane (release)"
 cargo build --release --quiet --bin svcplane
 # A private copy: a concurrent build cannot replace the binary under the benchmark.
-cp target/release/svcplane "$TMP/svcplane"
+cp "${CARGO_TARGET_DIR:-target}/release/svcplane" "$TMP/svcplane"
 
 RESULTS=$TMP/results.jsonl
 python3 - "$SIZES" "$DURATION" "$REPS" "$LAT_DURATION" "$CLIENTS" "$OUTSTANDING" > "$RESULTS" <<'PY'

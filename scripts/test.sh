@@ -9,6 +9,10 @@ packages=(
   procps          # kill(1), used to send SIGTERM in tests
   bind9-dnsutils  # dig(1), the DNS client of tests/dns.rs
   iproute2        # ip(8): network namespaces and veth pairs of tests/userspace.rs
+  util-linux      # nsenter(1): enters a namespace without remounting /sys (ebpf tests)
+  clang llvm libbpf-dev  # compile ebpf/bpf/*.bpf.c (without them the ebpf mode is left out)
+  bpftool         # tests/ebpf.rs checks that cleanup detached every program
+  python3         # the socket client of the eBPF tests (ebpf/tests/client.py)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,4 +1,4 @@
-//! Admin HTTP endpoint (hyper): `/healthz`, `/readyz`, `/metrics`, `/debug/snapshot`,
+//! Admin HTTP endpoint (hyper): `/healthz`, `/readyz` (both: [`crate::health`]), `/metrics`, `/debug/snapshot`,
 //! `/debug/proxy` (what `svcplane status` prints).
 
 use std::convert::Infallible;
@@ -24,6 +24,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
+
 /// What the admin endpoint reads. Cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct AdminState {
@@ -31,6 +33,11 @@ pub(crate) struct AdminState {
     pub(crate) registry: Arc<Registry>,
     /// The data plane's frontends and endpoints; `None` in mode none.
     pub(crate) proxy: Option<svcplane_proxy::StatusSource>,
+    pub(crate) health: Health,
+    /// `--mode`, for `/debug/proxy` when the data plane has no per-frontend status.
+    pub(crate) mode: &'static str,
+    /// The eBPF maps' content, in `--mode ebpf`.
+    pub(crate) ebpf: Option<svcplane_ebpf::Listing>,
 }
 
 impl AdminState {
@@ -39,6 +46,8 @@ impl AdminState {
         stats: Arc<WatchStats>,
         extra: Vec<Box<dyn Collector>>,
         proxy: Option<svcplane_proxy::StatusSource>,
+        health: Health,
+        mode: &'static str,
     ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ConfigCollector {
@@ -52,6 +61,9 @@ impl AdminState {
             snapshots,
             registry: Arc::new(registry),
             proxy,
+            health,
+            mode,
+            ebpf: None,
         }
     }
 }
@@ -125,25 +137,89 @@ fn json(body: serde_json::Result<Vec<u8>>) -> Response<Full<Bytes>> {
     }
 }
 
+/// `/debug/proxy` of the eBPF mode: the maps' frontends with their endpoints in slot order,
+/// and the port's other endpoints as unused; no counters (there is no per-connection state).
+fn ebpf_status(
+    listing: &svcplane_ebpf::Listing,
+    snap: &Snapshot,
+    version: u64,
+) -> serde_json::Value {
+    let mut fronts = listing.frontends();
+    fronts.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
+    let frontends: Vec<serde_json::Value> = fronts
+        .into_iter()
+        .map(|(fe, owner, slots)| {
+            let view = snap.port(&owner);
+            let kind = match view {
+                None => "self-test",
+                Some(v) if v.cluster_ips.contains(&fe.ip) => "ClusterIP",
+                Some(v) if v.external_ips.contains(&fe.ip) => "ExternalIP",
+                Some(v) if v.load_balancer_ips.contains(&fe.ip) => "LoadBalancer",
+                Some(_) => "NodePort",
+            };
+            let mut endpoints: Vec<serde_json::Value> = slots
+                .iter()
+                .map(|addr| {
+                    let state = view
+                        .and_then(|v| v.endpoints.iter().find(|e| e.backend.0 == *addr))
+                        .map_or("ready", |e| condition(e.conditions));
+                    serde_json::json!({"endpoint": addr.to_string(), "state": state, "routed": true})
+                })
+                .collect();
+            for e in view.map(|v| v.endpoints.as_slice()).unwrap_or_default() {
+                let same_family = e.backend.0.is_ipv4() == fe.ip.is_ipv4();
+                if same_family && !slots.contains(&e.backend.0) {
+                    endpoints.push(serde_json::json!({
+                        "endpoint": e.backend.0.to_string(),
+                        "state": condition(e.conditions),
+                        "routed": false,
+                    }));
+                }
+            }
+            serde_json::json!({
+                "protocol": fe.protocol.as_str(),
+                "frontend": std::net::SocketAddr::new(fe.ip, fe.port).to_string(),
+                "kind": kind,
+                "service": owner.service.to_string(),
+                "port": owner.port,
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    serde_json::json!({"mode": "ebpf", "version": version, "frontends": frontends})
+}
+
+fn condition(c: svcplane_config::Conditions) -> &'static str {
+    if c.ready {
+        "ready"
+    } else if c.serving && c.terminating {
+        "terminating"
+    } else {
+        "not-ready"
+    }
+}
+
+fn status(ok: bool) -> StatusCode {
+    if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
 fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     let snapshot = state.snapshots.borrow().clone();
     match path {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => {
+            let (ok, body) = state.health.healthy();
+            text(status(ok), body)
+        }
         "/readyz" => {
-            if snapshot.version > 0 {
-                text(
-                    StatusCode::OK,
-                    format!("ready: snapshot version {}\n", snapshot.version),
-                )
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: manifests not loaded yet\n",
-                )
-            }
+            let (ok, body) = state.health.ready();
+            text(status(ok), body)
         }
         "/metrics" => {
             let mut body = String::new();
@@ -162,10 +238,13 @@ fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes
             }
         }
         "/debug/snapshot" => json(serde_json::to_vec_pretty(&*snapshot)),
-        "/debug/proxy" => json(match &state.proxy {
-            Some(p) => serde_json::to_vec_pretty(&p.status()),
-            None => serde_json::to_vec_pretty(&svcplane_proxy::ProxyStatus {
-                mode: "none",
+        "/debug/proxy" => json(match (&state.proxy, &state.ebpf) {
+            (Some(p), _) => serde_json::to_vec_pretty(&p.status()),
+            (None, Some(listing)) => {
+                serde_json::to_vec_pretty(&ebpf_status(listing, &snapshot, state.health.settled()))
+            }
+            (None, None) => serde_json::to_vec_pretty(&svcplane_proxy::ProxyStatus {
+                mode: state.mode,
                 version: snapshot.version,
                 frontends: Vec::new(),
             }),
@@ -268,18 +347,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readyz_is_503_until_the_first_snapshot() {
+    fn readyz_is_503_until_the_first_sync() {
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-        let state = AdminState::new(rx, Arc::new(WatchStats::default()), Vec::new(), None);
+        let (settled_tx, settled) = watch::channel(0);
+        let health = Health::new(rx.clone(), settled);
+        let state = AdminState::new(
+            rx,
+            Arc::new(WatchStats::default()),
+            Vec::new(),
+            None,
+            health,
+            "none",
+        );
         let r = route(&state, &Method::GET, "/readyz");
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(
-            route(&state, &Method::GET, "/healthz").status(),
-            StatusCode::OK
-        );
         let mut loaded = Snapshot::default();
         loaded.version = 1;
         tx.send_replace(Arc::new(loaded));
+        assert_eq!(
+            route(&state, &Method::GET, "/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loaded is not programmed"
+        );
+        settled_tx.send_replace(1);
         assert_eq!(
             route(&state, &Method::GET, "/readyz").status(),
             StatusCode::OK

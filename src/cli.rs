@@ -9,7 +9,7 @@ use svcplane_config::{Cidr, PortRange};
 /// svcplane: one node-local daemon doing the jobs of kube-proxy and CoreDNS, driven by
 /// Service and EndpointSlice manifests.
 #[derive(Debug, Parser)]
-#[command(name = "svcplane", version, about, long_about = None)]
+#[command(name = "svcplane", version, about, long_about = None, args_override_self = true)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -27,6 +27,26 @@ pub(crate) enum Command {
     /// The embedded default: built-in backends and example Services on loopback, the
     /// userspace data plane and DNS; prints what to try. No root needed.
     Demo(DemoArgs),
+    /// Remove everything `run --mode ebpf` pinned and attached (maps, programs, links), which
+    /// otherwise keeps routing after the daemon exits.
+    Cleanup(CleanupArgs),
+    /// The health self-test's client in the eBPF mode, run by the daemon inside the cgroup
+    /// the programs are attached to. Not for users.
+    #[command(hide = true)]
+    SelfTestProbe(SelfTestProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CleanupArgs {
+    /// Directory on bpffs the eBPF mode pinned to.
+    #[arg(long, value_name = "DIR", default_value = svcplane_ebpf::DEFAULT_PIN_ROOT)]
+    pub(crate) bpf_pin_root: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SelfTestProbeArgs {
+    /// The probe frontend.
+    pub(crate) frontend: SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -66,8 +86,23 @@ pub(crate) enum Mode {
     /// Proxy every frontend (ClusterIP, node address x nodePort, LoadBalancer ingress IP,
     /// externalIP) through a TCP/UDP userspace proxy; VIPs are added to `lo`.
     Userspace,
+    /// Rewrite connect()/sendmsg() to service frontends into endpoints with eBPF programs on
+    /// the cgroup hooks of `--cgroup` (socket-level load balancing, no proxy in the path).
+    /// Needs root, cgroup v2 and bpffs; state stays pinned (and routing) when the daemon
+    /// exits, until `svcplane cleanup`.
+    Ebpf,
     /// Load, validate and watch manifests, serve DNS and the admin endpoint; route nothing.
     None,
+}
+
+impl Mode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Mode::Userspace => "userspace",
+            Mode::Ebpf => "ebpf",
+            Mode::None => "none",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -84,7 +119,7 @@ pub(crate) struct RunArgs {
     /// (YAML or JSON); watched for changes.
     #[arg(long, value_name = "DIR")]
     pub(crate) manifests: PathBuf,
-    /// Data plane (ebpf is not part of this build yet).
+    /// Data plane.
     #[arg(long, value_enum, default_value_t = Mode::Userspace)]
     pub(crate) mode: Mode,
     /// This node's name: endpoints with this nodeName are local (traffic policy Local).
@@ -110,13 +145,18 @@ pub(crate) struct RunArgs {
     /// Admin HTTP address: /healthz, /readyz, /metrics, /debug/snapshot.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
     pub(crate) admin_listen: SocketAddr,
-    /// cgroup v2 directory the ebpf mode attaches to (ebpf is not part of this build yet).
+    /// cgroup v2 directory the ebpf mode attaches to; sockets of processes in it and below
+    /// it are balanced [default: the root of the cgroup2 mount].
     #[arg(long, value_name = "PATH")]
     pub(crate) cgroup: Option<PathBuf>,
+    /// Directory on bpffs where the ebpf mode pins its maps and links (mounted if needed).
+    #[arg(long, value_name = "DIR", default_value = svcplane_ebpf::DEFAULT_PIN_ROOT)]
+    pub(crate) bpf_pin_root: PathBuf,
     /// Seconds established connections may take to finish on SIGTERM/SIGINT [default: 30].
     #[arg(long, value_name = "SECS")]
     pub(crate) drain_timeout: Option<u64>,
-    /// YAML file carrying these flags (not part of this build yet: rejected when given).
+    /// YAML file of these flags, keyed by long name (`dns-ttl: 30`, `node-ip: [a, b]`);
+    /// flags given on the command line win.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Range ClusterIPs are allocated from for Services that state none (repeatable, one
@@ -143,7 +183,7 @@ impl RunArgs {
         let given = [
             ("--node-name", self.node_name.is_some() && !routes),
             ("--node-ip", !self.node_ips.is_empty() && !routes),
-            ("--cgroup", self.cgroup.is_some()),
+            ("--cgroup", self.cgroup.is_some() && self.mode != Mode::Ebpf),
             ("--drain-timeout", self.drain_timeout.is_some() && !routes),
         ];
         given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect()
@@ -266,7 +306,7 @@ mod tests {
     #[test]
     fn unbuilt_modes_and_bad_values_are_refused() {
         for bad in [
-            vec!["--mode", "ebpf"],
+            vec!["--mode", "ipvs"],
             vec!["--nodeport-range", "5-1"],
             vec!["--admin-listen", "nope"],
             vec!["--node-ip", "300.1.1.1"],

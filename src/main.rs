@@ -2,29 +2,33 @@
 //! snapshots and endpoint selection live in `svcplane-config`; data planes live in their own
 //! crates.
 //!
-//! Commands in this build: `run` (modes `userspace` and `none`), `check`, `status` and
-//! `demo`.
+//! Commands in this build: `run` (modes `userspace`, `ebpf` and `none`), `check`, `status`,
+//! `demo` and `cleanup`.
 
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 mod admin;
 mod check;
+mod cleanup;
 mod cli;
+mod config_file;
 mod demo;
+mod health;
 mod logging;
 mod run;
 mod status;
+mod sync;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = config_file::parse();
     match cli.command {
         cli::Command::Run(args) => run::main(*args),
         cli::Command::Check(args) => check::main(args),
         cli::Command::Demo(args) => demo::main(args),
         cli::Command::Status(args) => status::main(args),
+        cli::Command::Cleanup(args) => cleanup::main(args),
+        cli::Command::SelfTestProbe(args) => health::probe_main(args),
     }
 }

@@ -9,14 +9,17 @@ use anyhow::Context as _;
 use svcplane_config::{
     AllocOptions, Change, Loader, ManifestWatcher, ParseOptions, Snapshot, diff,
 };
-use svcplane_dns::{DnsCollector, DnsConfig, DnsOptions, DnsServer};
-use svcplane_proxy::{ProxyOptions, UserspaceProxy};
+use svcplane_dns::{DnsCollector, DnsConfig, DnsOptions, DnsServer, DnsSource};
+use svcplane_ebpf::{EbpfCollector, EbpfDataPlane, EbpfOptions};
+use svcplane_proxy::{Probe, ProxyOptions, UserspaceProxy, VipAddrs};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::cli::{Mode, RunArgs};
+use crate::health::{Health, ProbeEnds, ProbeVia};
 use crate::logging;
+use crate::sync;
 
 /// How long a burst of file events may last before the reload starts.
 const QUIET_PERIOD: Duration = Duration::from_millis(10);
@@ -63,12 +66,6 @@ pub(crate) type StartHook = Box<dyn FnOnce(Started) + Send>;
 pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::Result<()> {
     // Before anything can report readiness: a SIGTERM right after must stop us cleanly.
     let signals = Signals::install()?;
-    if let Some(cfg) = &args.config {
-        anyhow::bail!(
-            "--config {}: configuration files are not supported by this build; pass flags instead",
-            cfg.display()
-        );
-    }
     let inert = args.inert_flags();
     if !inert.is_empty() {
         tracing::warn!(
@@ -99,6 +96,8 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
     };
     let loader = Loader::with_allocation(vec![args.manifests.clone()], opts, alloc)?;
     let watcher = ManifestWatcher::start(loader, QUIET_PERIOD).context("cannot watch manifests")?;
+    // DNS and the data plane get snapshots through `sync`, which orders their updates.
+    let (dns_tx, dns_rx) = watch::channel(DnsSource::default());
     let dns = DnsServer::start(
         DnsOptions {
             listen: args.dns_listen,
@@ -106,19 +105,32 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
             upstreams: args.upstreams.clone(),
             udp_threads: 0,
         },
-        watcher.subscribe(),
+        dns_rx,
     )
     .await
     .context("--dns-listen")?;
     let dns_addr = dns.local_addr();
-    let proxy = match args.mode {
+    let (plane_tx, plane_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let probe = match args.mode {
+        Mode::None => None,
+        _ => Some(
+            ProbeEnds::bind()
+                .await
+                .context("cannot bind the self-test's probe listener on 127.0.0.1")?,
+        ),
+    };
+    let plane = match args.mode {
         Mode::Userspace => {
             let opts = ProxyOptions {
                 node_name: args.node_name.clone(),
                 node_ips: (!args.node_ips.is_empty()).then(|| args.node_ips.clone()),
+                probe: probe.as_ref().map(|p| Probe {
+                    frontend: p.frontend,
+                    backend: p.backend_addr(),
+                }),
                 ..ProxyOptions::default()
             };
-            let proxy = UserspaceProxy::start(opts, watcher.subscribe())
+            let proxy = UserspaceProxy::start(opts, plane_rx)
                 .await
                 .context("cannot start the userspace proxy")?;
             let ips: Vec<String> = proxy
@@ -128,22 +140,86 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
                 .map(|ip| ip.to_string())
                 .collect();
             tracing::info!(node_ips = ips.join(","), "userspace proxy started");
-            Some(proxy)
+            Some(DataPlane::Userspace(proxy))
+        }
+        Mode::Ebpf => {
+            let node_ips = if args.node_ips.is_empty() {
+                let addrs = VipAddrs::open()
+                    .await
+                    .context("cannot read the node's addresses")?;
+                svcplane_proxy::addrs::default_node_ips(&addrs.list().await?)
+            } else {
+                args.node_ips.clone()
+            };
+            let opts = EbpfOptions {
+                pin_root: args.bpf_pin_root.clone(),
+                cgroup: args.cgroup.clone(),
+                node_name: args.node_name.clone(),
+                node_ips: node_ips.clone(),
+                probe: probe.as_ref().map(|p| (p.frontend, p.backend_addr())),
+            };
+            let ebpf = EbpfDataPlane::start(opts, plane_rx)
+                .await
+                .context("cannot start the eBPF data plane")?;
+            let ips: Vec<String> = node_ips.iter().map(|ip| ip.to_string()).collect();
+            tracing::info!(
+                node_ips = ips.join(","),
+                cgroup = %ebpf.cgroup().display(),
+                pin_root = %ebpf.pin_root().display(),
+                "eBPF data plane started"
+            );
+            Some(DataPlane::Ebpf(ebpf))
         }
         Mode::None => None,
     };
     let cancel = CancellationToken::new();
+    let (settled_tx, settled) = watch::channel(0u64);
+    let plane_sync = plane.as_ref().map(|p| sync::Plane {
+        snapshots: plane_tx,
+        programmed: p.programmed(),
+    });
+    let sync_task = tokio::spawn(sync::run(
+        watcher.subscribe(),
+        dns_tx,
+        dns.applied(),
+        plane_sync,
+        settled_tx,
+        cancel.clone(),
+    ));
     let mut collectors: Vec<Box<dyn prometheus_client::collector::Collector>> =
         vec![Box::new(DnsCollector(dns.metrics()))];
-    if let Some(p) = &proxy {
-        collectors.push(Box::new(p.collector()));
+    match &plane {
+        Some(DataPlane::Userspace(p)) => collectors.push(Box::new(p.collector())),
+        Some(DataPlane::Ebpf(e)) => collectors.push(Box::new(EbpfCollector(e.metrics()))),
+        None => {}
     }
-    let state = AdminState::new(
+    // Stopped first on shutdown: a draining data plane is not a failing one.
+    let probe_cancel = cancel.child_token();
+    let mut health = Health::new(watcher.subscribe(), settled.clone());
+    let probe_tasks = match (probe, &plane) {
+        (Some(ends), Some(p)) => {
+            let via = match p {
+                DataPlane::Userspace(_) => ProbeVia::Daemon,
+                DataPlane::Ebpf(e) => ProbeVia::Cgroup(e.cgroup().to_path_buf()),
+            };
+            health.start_probe(ends, args.mode.as_str(), via, &probe_cancel)
+        }
+        _ => Vec::new(),
+    };
+    let mut state = AdminState::new(
         watcher.subscribe(),
         watcher.stats(),
         collectors,
-        proxy.as_ref().map(UserspaceProxy::status_source),
+        match &plane {
+            Some(DataPlane::Userspace(p)) => Some(p.status_source()),
+            _ => None,
+        },
+        health,
+        args.mode.as_str(),
     );
+    if let Some(DataPlane::Ebpf(e)) = &plane {
+        state.ebpf = Some(e.listing());
+    }
     let admin_task = tokio::spawn(admin::serve(listener, state, cancel.clone()));
     let log_task = tokio::spawn(log_changes(watcher.subscribe(), cancel.clone()));
     tracing::info!(
@@ -155,11 +231,8 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
         "svcplane running"
     );
     if let Some(hook) = on_start {
-        if let Some(p) = &proxy {
-            let mut programmed = p.programmed();
-            let _ = tokio::time::timeout(Duration::from_secs(10), programmed.wait_for(|&v| v > 0))
-                .await;
-        }
+        let mut settled = settled.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(10), settled.wait_for(|&v| v > 0)).await;
         hook(Started {
             admin: admin_addr,
             dns: dns_addr,
@@ -168,21 +241,50 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
 
     signals.wait().await;
     tracing::info!("shutting down");
-    if let Some(p) = proxy {
-        let drain = args
-            .drain_timeout
-            .map_or(DRAIN_TIMEOUT, Duration::from_secs);
-        let left = p.stop(drain).await;
-        if left > 0 {
-            tracing::warn!(connections = left, "drain timeout: closing connections");
+    probe_cancel.cancel();
+    match plane {
+        Some(DataPlane::Userspace(p)) => {
+            let drain = args
+                .drain_timeout
+                .map_or(DRAIN_TIMEOUT, Duration::from_secs);
+            let left = p.stop(drain).await;
+            if left > 0 {
+                tracing::warn!(connections = left, "drain timeout: closing connections");
+            }
         }
+        Some(DataPlane::Ebpf(e)) => {
+            e.stop().await;
+            tracing::info!(
+                pin_root = %args.bpf_pin_root.display(),
+                "eBPF programs and maps stay pinned and keep routing; `svcplane cleanup` removes them"
+            );
+        }
+        None => {}
     }
     cancel.cancel();
     dns.stop().await;
     watcher.stop().await;
-    let _ = tokio::join!(admin_task, log_task);
+    let _ = tokio::join!(admin_task, log_task, sync_task);
+    for t in probe_tasks {
+        let _ = t.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The data plane chosen with `--mode`.
+enum DataPlane {
+    Userspace(UserspaceProxy),
+    Ebpf(EbpfDataPlane),
+}
+
+impl DataPlane {
+    fn programmed(&self) -> watch::Receiver<u64> {
+        match self {
+            DataPlane::Userspace(p) => p.programmed(),
+            DataPlane::Ebpf(e) => e.programmed(),
+        }
+    }
 }
 
 /// SIGTERM and SIGINT handlers, installed before the daemon reports anything.

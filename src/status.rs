@@ -56,6 +56,8 @@ fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 fn table(status: &Value) -> String {
     let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
     let n = |v: &Value| v.as_u64().unwrap_or(0);
+    // Counters the data plane does not keep (the eBPF mode has no per-connection state).
+    let c = |v: &Value| v.as_u64().map_or("-".to_string(), |x| x.to_string());
     let mut out = format!(
         "mode {}, snapshot version {}\n",
         s(&status["mode"]),
@@ -96,11 +98,11 @@ fn table(status: &Value) -> String {
                 "  -> {:<38} {:<13} {:>6} {:>9} {:>7} {:>12} {:>12}\n",
                 s(&e["endpoint"]),
                 state,
-                n(&e["active"]),
-                n(&e["connections"]),
-                n(&e["connect_failures"]),
-                n(&e["bytes_to_endpoint"]),
-                n(&e["bytes_to_client"])
+                c(&e["active"]),
+                c(&e["connections"]),
+                c(&e["connect_failures"]),
+                c(&e["bytes_to_endpoint"]),
+                c(&e["bytes_to_client"])
             ));
         }
     }

@@ -166,7 +166,7 @@ fn check_missing_path_is_a_clear_error() {
 #[test]
 fn bad_flags_are_usage_errors() {
     for args in [
-        &["run", "--manifests", "x", "--mode", "ebpf"][..],
+        &["run", "--manifests", "x", "--mode", "ipvs"][..],
         &["run", "--manifests", "x", "--nodeport-range", "9-1"][..],
         &["check"][..],
     ] {
@@ -182,6 +182,8 @@ fn bad_flags_are_usage_errors() {
 struct Daemon {
     child: Child,
     admin: SocketAddr,
+    /// The daemon's "svcplane running" log line.
+    started: serde_json::Value,
     logs: mpsc::Receiver<String>,
     /// Allocation state, removed with the daemon.
     _state: tempfile::TempDir,
@@ -221,12 +223,14 @@ impl Daemon {
         let mut d = Daemon {
             child,
             admin: "0.0.0.0:0".parse().unwrap(),
+            started: serde_json::Value::Null,
             logs,
             _state: state,
         };
         let line = d.wait_log("svcplane running");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         d.admin = v["admin"].as_str().unwrap().parse().unwrap();
+        d.started = v;
         d
     }
 
@@ -409,7 +413,7 @@ fn run_logs_changes_in_json() {
 }
 
 #[test]
-fn run_refuses_a_missing_manifest_dir_and_a_config_file() {
+fn run_refuses_a_missing_manifest_dir() {
     let out = svcplane(&[
         "run",
         "--manifests",
@@ -423,25 +427,92 @@ fn run_refuses_a_missing_manifest_dir_and_a_config_file() {
         "{}",
         text(&out.stderr)
     );
+}
 
+#[test]
+fn run_config_file_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let out = svcplane(&[
-        "run",
-        "--manifests",
-        dir.path().to_str().unwrap(),
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--dns-listen",
-        "127.0.0.1:0",
-        "--config",
-        "/etc/svcplane.yaml",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let cfg = dir.path().join("svcplane.yaml");
+    let cfg_s = cfg.to_str().unwrap();
+    let out = svcplane(&["run", "--config", cfg_s]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing file is a usage error"
+    );
     assert!(
-        text(&out.stderr).contains("--config /etc/svcplane.yaml"),
+        text(&out.stderr).contains(&format!("--config {cfg_s}: cannot read")),
         "{}",
         text(&out.stderr)
     );
+    for (file, want) in [
+        (
+            "manifests: /m
+dns-tll: 5
+",
+            "unknown key `dns-tll`",
+        ),
+        (
+            "manifests: /m
+nodeport-range: 5-1
+",
+            "key `nodeport-range`",
+        ),
+        (
+            "manifests: /m
+mode: ebpf-ish
+",
+            "key `mode`",
+        ),
+    ] {
+        std::fs::write(&cfg, file).unwrap();
+        let out = svcplane(&["run", "--config", cfg_s]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file:?}: {err}");
+        assert!(
+            err.contains(&format!("--config {cfg_s}: {want}")),
+            "{file:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn run_takes_flags_from_a_config_file_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_examples(dir.path());
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    // `mode` is overridden by the test daemon's `--mode none`; the rest is taken.
+    std::fs::write(
+        cfg.path(),
+        "mode: userspace\ncluster-domain: corp.example\ndns-ttl: 42\n",
+    )
+    .unwrap();
+    let d = Daemon::start(dir.path(), &["--config", cfg.path().to_str().unwrap()]);
+    let v = &d.started;
+    assert_eq!(v["mode"], "None", "{v}");
+    let dns = v["dns"].as_str().unwrap().to_owned();
+    d.poll("/readyz", |c, _| c == 200);
+    let (ip, port) = dns.rsplit_once(':').unwrap();
+    let out = Command::new("dig")
+        .args([
+            &format!("@{ip}"),
+            "-p",
+            port,
+            "+noall",
+            "+answer",
+            "+tries=5",
+        ])
+        .arg("web.demo.svc.corp.example")
+        .output()
+        .expect("dig");
+    let answer = text(&out.stdout);
+    let fields: Vec<&str> = answer.split_whitespace().collect();
+    assert_eq!(
+        fields.get(..4),
+        Some(&["web.demo.svc.corp.example.", "42", "IN", "A"][..]),
+        "{answer}"
+    );
+    assert!(d.terminate().success());
 }
 
 #[test]

@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
         };
         println!(
             "{what}: {} names in {:.1} ms",
-            table.names.len(),
+            table.len(),
             t.elapsed().as_secs_f64() * 1e3
         );
     }

@@ -12,6 +12,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use crate::wire::Transport;
 
@@ -136,6 +137,7 @@ pub struct DnsMetrics {
     pub(crate) upstream_failures: AtomicU64,
     table_version: AtomicU64,
     table_names: AtomicU64,
+    programming_lag: Histogram,
 }
 
 impl DnsMetrics {
@@ -149,6 +151,8 @@ impl DnsMetrics {
             upstream_failures: AtomicU64::new(0),
             table_version: AtomicU64::new(0),
             table_names: AtomicU64::new(0),
+            // 0.5 ms to about 8 s.
+            programming_lag: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
         }
     }
 
@@ -168,6 +172,11 @@ impl DnsMetrics {
     }
 
     /// Version of the snapshot DNS answers from (0 before the first).
+    /// Records how long after its publication a snapshot's names were answered.
+    pub(crate) fn observe_programming_lag(&self, lag: std::time::Duration) {
+        self.programming_lag.observe(lag.as_secs_f64());
+    }
+
     pub fn table_version(&self) -> u64 {
         self.table_version.load(Ordering::Relaxed)
     }
@@ -312,6 +321,14 @@ impl Collector for DnsCollector {
         )?;
         ConstGauge::new(i64::try_from(m.table_names.load(Ordering::Relaxed)).unwrap_or(i64::MAX))
             .encode(enc)?;
+        let enc = encoder.encode_descriptor(
+            "svcplane_dns_programming_lag_seconds",
+            "Time from a snapshot's publication to DNS answering its names, which waits for \
+             the data plane to report the snapshot programmed.",
+            None,
+            MetricType::Histogram,
+        )?;
+        m.programming_lag.encode(enc)?;
         Ok(())
     }
 }

@@ -15,10 +15,10 @@ use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use socket2::{Domain, Socket, Type};
-use svcplane_config::Snapshot;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::gate::DnsSource;
 use crate::metrics::{DnsMetrics, ThreadCounters};
 use crate::table::{DnsConfig, DnsTable, TableBuilder};
 use crate::upstream::Upstream;
@@ -56,6 +56,7 @@ pub struct DnsServer {
     cancel: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
     local: SocketAddr,
+    applied: watch::Receiver<u64>,
 }
 
 /// A reply the forwarder sends for a UDP query it answered.
@@ -91,9 +92,11 @@ const READ_TIMEOUT: Duration = Duration::from_millis(200);
 impl DnsServer {
     /// Binds UDP and TCP on `opts.listen` and starts serving. Must run inside a tokio
     /// runtime. Until the first snapshot arrives every in-zone query gets SERVFAIL.
+    /// Each [`DnsSource`] is answered from once its table is built; [`DnsServer::applied`]
+    /// reports its `seq` then.
     pub async fn start(
         opts: DnsOptions,
-        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+        mut sources: watch::Receiver<DnsSource>,
     ) -> Result<DnsServer, DnsError> {
         let table: Arc<ArcSwapOption<DnsTable>> = Arc::new(ArcSwapOption::empty());
         // TCP first: binding port 0 picks the port UDP then shares.
@@ -163,22 +166,26 @@ impl DnsServer {
             let _ = server.shutdown_gracefully().await;
         });
 
-        // Table builder: one table per snapshot, built off the reactor, swapped whole.
+        // Table builder: one table per source, built off the reactor, swapped whole.
         let builder_table = Arc::clone(&table);
         let builder_cancel = cancel.clone();
         let cfg = opts.config.clone();
         let mut builder = TableBuilder::new(cfg.clone());
         let builder_metrics = metrics.clone();
+        let (applied_tx, applied) = watch::channel(0u64);
         tasks.spawn(async move {
+            // The last programmed version whose lag was observed.
+            let mut lag_seen = 0;
             loop {
-                let snap = snapshots.borrow_and_update().clone();
-                if snap.version > 0 {
+                let src = sources.borrow_and_update().clone();
+                if src.programmed.version > 0 {
                     let started = Instant::now();
                     // The builder keeps each Service's encoded answers between snapshots;
                     // it moves to the blocking pool and back. A panic there costs the cache.
                     let mut b = std::mem::replace(&mut builder, TableBuilder::new(cfg.clone()));
+                    let build_src = src.clone();
                     let built = tokio::task::spawn_blocking(move || {
-                        let t = b.build(&snap);
+                        let t = b.build_source(&build_src);
                         (b, t)
                     })
                     .await;
@@ -186,17 +193,27 @@ impl DnsServer {
                         builder = b;
                         tracing::debug!(
                             version = t.version,
-                            names = t.names.len(),
+                            pending = src.pending.as_ref().map(|p| p.version),
+                            names = t.len(),
+                            index_bytes = t.index_bytes(),
                             build_ms = started.elapsed().as_secs_f64() * 1e3,
                             "dns table built"
                         );
-                        builder_metrics.set_table(t.version, t.names.len());
+                        builder_metrics.set_table(t.version, t.len());
                         builder_table.store(Some(Arc::new(t)));
+                        if src.pending.is_none() && src.programmed.version > lag_seen {
+                            lag_seen = src.programmed.version;
+                            if let Some(at) = src.programmed.changed_at {
+                                builder_metrics.observe_programming_lag(at.elapsed());
+                            }
+                        }
                     }
                 }
+                // Reported even when the build failed: waiting on it would stop routing.
+                applied_tx.send_replace(src.seq);
                 tokio::select! {
                     () = builder_cancel.cancelled() => return,
-                    res = snapshots.changed() => if res.is_err() { return },
+                    res = sources.changed() => if res.is_err() { return },
                 }
             }
         });
@@ -209,6 +226,7 @@ impl DnsServer {
             cancel,
             tasks,
             local,
+            applied,
         })
     }
 
@@ -219,6 +237,11 @@ impl DnsServer {
 
     pub fn metrics(&self) -> Arc<DnsMetrics> {
         self.metrics.clone()
+    }
+
+    /// The `seq` of the last [`DnsSource`] DNS answers from.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
     }
 
     /// Version of the snapshot the served table was built from (0 before the first).

@@ -1,10 +1,13 @@
 //! The DnsTable: every answer of the cluster zone, encoded once per snapshot.
 //!
-//! For each (name, type) the table holds a complete response message (built with
-//! hickory-proto for a lower-case question, id 0). A query costs a hash lookup, a copy and a
-//! patch of the id, flags and question bytes (which keeps the client's letter case: answer
-//! owner names point at the question). Names that exist without the asked type answer NODATA,
-//! names under a zone that do not exist NXDOMAIN; both carry the zone's SOA.
+//! For each (name, type) the builder encodes a complete response message (with hickory-proto,
+//! for a lower-case question, id 0). The table keeps each one without its question section
+//! (an [`Answer`]: section counts and the bytes after the question) in a flat name index
+//! (`index.rs`) keyed by the lower-case wire name, so that a query costs one hash probe,
+//! about one cache line of table outside the caches, and three copies: header, the client's
+//! own question (which keeps its letter case: answer owner names point at it), the sections.
+//! Names that exist without the asked type answer NODATA, names under a zone that do not
+//! exist NXDOMAIN; both carry the zone's SOA.
 //!
 //! Records follow the Kubernetes DNS-Based Service Discovery specification 1.1.0.
 
@@ -13,11 +16,14 @@ use std::net::IpAddr;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use std::sync::Arc;
 
+use crate::gate::DnsSource;
 use svcplane_config::{Endpoint, Protocol, Service, ServiceKey, ServiceType, Snapshot};
+
+use crate::index::{IndexBuilder, NameIndex};
 
 /// What the table is built with.
 #[derive(Clone, Debug)]
@@ -65,31 +71,14 @@ pub struct Zone {
     pub soa_tail: Vec<u8>,
 }
 
-/// Answers of one name.
+/// Answers of one name while the table is built.
 #[derive(Debug, Default)]
-pub struct NameEntry {
-    pub zone: usize,
+struct NameEntry {
+    zone: usize,
     /// (query type, complete response template).
-    pub answers: Answers,
+    answers: Answers,
     /// ExternalName: the CNAME answer for every type without its own entry.
-    pub cname: Option<Template>,
-}
-
-impl NameEntry {
-    pub fn answer(&self, qtype: u16) -> Option<&[u8]> {
-        if qtype == u16::from(RecordType::ANY) {
-            return self
-                .answers
-                .first()
-                .map(|(_, t)| &**t)
-                .or(self.cname.as_deref());
-        }
-        self.answers
-            .iter()
-            .find(|(t, _)| *t == qtype)
-            .map(|(_, t)| &**t)
-            .or(self.cname.as_deref())
-    }
+    cname: Option<Template>,
 }
 
 /// Everything DNS answers for one snapshot. Immutable; swapped whole.
@@ -97,15 +86,15 @@ impl NameEntry {
 pub struct DnsTable {
     pub version: u64,
     pub zones: Vec<Zone>,
-    /// Key: lower-case wire-format name.
-    pub names: HashMap<Box<[u8]>, NameEntry>,
+    /// Every name with its answers (see [`Entry`] for a record's layout).
+    names: NameIndex,
 }
 
 /// The outcome of a lookup of a lower-case wire name.
 #[derive(Debug)]
 pub enum Lookup<'a> {
-    /// A complete response template.
-    Answer(&'a [u8]),
+    /// A prebuilt answer.
+    Answer(Answer<'a>),
     /// The name exists without that type: NOERROR, empty answer, SOA of `zone`.
     NoData(&'a Zone),
     /// The name does not exist in `zone`.
@@ -114,18 +103,70 @@ pub enum Lookup<'a> {
     Outside,
 }
 
+/// A prebuilt NOERROR response without its question: the section counts and the bytes after
+/// the question. Name pointers in it assume the question starts at offset 12, which holds for
+/// any spelling of the name (same length, same labels), so the client's question is copied
+/// in as asked.
+#[derive(Clone, Copy, Debug)]
+pub struct Answer<'a> {
+    /// ANCOUNT, NSCOUNT, ARCOUNT (big endian); empty when the builder had no usable
+    /// message (hickory-proto failed to encode it).
+    counts: &'a [u8],
+    sections: &'a [u8],
+}
+
+/// One name of the table: a view of its record in the index.
+///
+/// Record value layout: zone index (1 byte), 1 if the name is an ExternalName's (its CNAME
+/// answer comes first), then per answer: query type (u16), length (u16, little endian),
+/// ANCOUNT/NSCOUNT/ARCOUNT (6 bytes), the sections after the question.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry<'a> {
+    zone: usize,
+    cname: bool,
+    /// The answers' bytes, CNAME first.
+    answers: &'a [u8],
+}
+
 impl DnsTable {
     pub fn lookup(&self, name: &[u8], qtype: u16) -> Lookup<'_> {
-        if let Some(e) = self.names.get(name) {
-            return match e.answer(qtype) {
-                Some(t) => Lookup::Answer(t),
-                None => Lookup::NoData(&self.zones[e.zone]),
+        if let Some(e) = self.get(name) {
+            return match (e.answer(qtype), self.zones.get(e.zone)) {
+                (Some(a), _) => Lookup::Answer(a),
+                (None, Some(z)) => Lookup::NoData(z),
+                (None, None) => Lookup::Outside,
             };
         }
         match self.zone_of(name) {
             Some(z) => Lookup::NxDomain(z),
             None => Lookup::Outside,
         }
+    }
+
+    /// The entry of a lower-case wire name.
+    pub fn get(&self, name: &[u8]) -> Option<Entry<'_>> {
+        Entry::decode(self.names.get(name)?)
+    }
+
+    /// Every name of the table (lower-case wire form) with its entry, in no useful order.
+    pub fn entries(&self) -> impl Iterator<Item = (Vec<u8>, Entry<'_>)> + '_ {
+        self.names
+            .iter()
+            .filter_map(|(n, v)| Some((n, Entry::decode(v)?)))
+    }
+
+    /// Number of names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Bytes of the name index and its arena (templates of the answers included).
+    pub fn index_bytes(&self) -> usize {
+        self.names.heap_bytes()
     }
 
     /// The zone whose apex is a suffix of `name` (on label boundaries).
@@ -136,6 +177,121 @@ impl DnsTable {
     /// Builds every answer of `snap`.
     pub fn build(snap: &Snapshot, cfg: &DnsConfig) -> DnsTable {
         TableBuilder::new(cfg.clone()).build(snap)
+    }
+}
+
+// === impl Entry ===
+
+impl<'a> Entry<'a> {
+    fn decode(value: &'a [u8]) -> Option<Self> {
+        let (&zone, rest) = value.split_first()?;
+        let (&cname, answers) = rest.split_first()?;
+        Some(Self {
+            zone: usize::from(zone),
+            cname: cname != 0,
+            answers,
+        })
+    }
+
+    /// Index into [`DnsTable::zones`].
+    pub fn zone(&self) -> usize {
+        self.zone
+    }
+
+    /// Every (type, answer) stored, the CNAME fallback first.
+    fn all(&self) -> impl Iterator<Item = (u16, Answer<'a>)> + use<'a> {
+        let mut rest = self.answers;
+        std::iter::from_fn(move || {
+            let head = rest.get(..4)?;
+            let qtype = u16::from_le_bytes([head[0], head[1]]);
+            let len = usize::from(u16::from_le_bytes([head[2], head[3]]));
+            let body = rest.get(4..4 + len)?;
+            rest = &rest[4 + len..];
+            let (counts, sections) = body.split_at(body.len().min(6));
+            Some((qtype, Answer { counts, sections }))
+        })
+    }
+
+    /// The answers of the types the name has, in table order.
+    pub fn answers(&self) -> impl Iterator<Item = (u16, Answer<'a>)> + use<'a> {
+        self.all().skip(usize::from(self.cname))
+    }
+
+    /// ExternalName: the CNAME answer for every type without its own answer.
+    pub fn cname(&self) -> Option<Answer<'a>> {
+        self.cname
+            .then(|| self.all().next().map(|(_, a)| a))
+            .flatten()
+    }
+
+    /// The answer to `qtype`: its own, the first one for ANY, else the CNAME if any.
+    pub fn answer(&self, qtype: u16) -> Option<Answer<'a>> {
+        let own = if qtype == u16::from(RecordType::ANY) {
+            self.answers().next()
+        } else {
+            self.answers().find(|(t, _)| *t == qtype)
+        };
+        own.map(|(_, a)| a).or_else(|| self.cname())
+    }
+
+    /// Appends the record value of `e` (layout above) for the lower-case wire `name`.
+    fn encode(name: &[u8], e: &NameEntry, out: &mut Vec<u8>) {
+        out.push(u8::try_from(e.zone).unwrap_or(u8::MAX));
+        out.push(u8::from(e.cname.is_some()));
+        let cname = e.cname.iter().map(|t| (u16::from(RecordType::CNAME), t));
+        // The template's question: the name (never compressed: nothing precedes it),
+        // type and class.
+        let qend = 12 + name.len() + 4;
+        for (qtype, t) in cname.chain(e.answers.iter().map(|(q, t)| (*q, t))) {
+            out.extend_from_slice(&qtype.to_le_bytes());
+            let body = t
+                .get(6..12)
+                .zip(t.get(qend..))
+                .filter(|(c, s)| u16::try_from(c.len() + s.len()).is_ok());
+            match body {
+                Some((counts, sections)) => {
+                    let len = (counts.len() + sections.len()) as u16;
+                    out.extend_from_slice(&len.to_le_bytes());
+                    out.extend_from_slice(counts);
+                    out.extend_from_slice(sections);
+                }
+                // No usable message: stored empty, answered SERVFAIL.
+                None => out.extend_from_slice(&[0, 0]),
+            }
+        }
+    }
+}
+
+// === impl Answer ===
+
+impl Answer<'_> {
+    /// False when the builder had no usable message for it (hickory-proto failed to encode
+    /// it; it truncates oversized ones instead, so this is not expected).
+    pub fn is_available(&self) -> bool {
+        self.counts.len() == 6
+    }
+
+    /// Appends the response to `question` (the request's name, type and class, as asked):
+    /// id 0, QR and AA set, the rest of the flags for the caller. Nothing when unavailable.
+    pub fn write(&self, question: &[u8], out: &mut Vec<u8>) {
+        if !self.is_available() {
+            return;
+        }
+        out.extend_from_slice(&[0, 0, 0x84, 0, 0, 1]);
+        out.extend_from_slice(self.counts);
+        out.extend_from_slice(question);
+        out.extend_from_slice(self.sections);
+    }
+
+    /// The complete response to the lower-case wire `name` and `qtype` (class IN), as the
+    /// table was built; empty when unavailable.
+    pub fn to_message(&self, name: &[u8], qtype: u16) -> Vec<u8> {
+        let mut question = name.to_vec();
+        question.extend_from_slice(&qtype.to_be_bytes());
+        question.extend_from_slice(&u16::from(DNSClass::IN).to_be_bytes());
+        let mut out = Vec::new();
+        self.write(&question, &mut out);
+        out
     }
 }
 
@@ -417,7 +573,7 @@ impl<'c> Builder<'c> {
 }
 
 /// The answers of one name: (query type, response template).
-pub type Answers = Vec<(u16, Template)>;
+type Answers = Vec<(u16, Template)>;
 
 /// What one Service contributes to the table, kept between builds.
 #[derive(Debug, Default)]
@@ -464,6 +620,36 @@ impl TableBuilder {
     }
 
     pub fn build(&mut self, snap: &Snapshot) -> DnsTable {
+        self.build_services(snap.version, snap.services().len(), snap.services().iter())
+    }
+
+    /// Builds the answers of what `src` lets DNS answer ([`DnsSource::visible`]); the
+    /// table's version is the programmed snapshot's.
+    pub fn build_source(&mut self, src: &DnsSource) -> DnsTable {
+        let n = src.programmed.services().len();
+        self.build_services(src.programmed.version, n, src.visible())
+    }
+
+    fn build_services<'a>(
+        &mut self,
+        version: u64,
+        count: usize,
+        services: impl Iterator<Item = (&'a ServiceKey, &'a Arc<Service>)>,
+    ) -> DnsTable {
+        let (zones, names) = self.build_names(count, services);
+        DnsTable {
+            version,
+            names: index(&zones, &names),
+            zones,
+        }
+    }
+
+    /// The zones and every name with its answers.
+    fn build_names<'a>(
+        &mut self,
+        count: usize,
+        services: impl Iterator<Item = (&'a ServiceKey, &'a Arc<Service>)>,
+    ) -> (Vec<Zone>, HashMap<Box<[u8]>, NameEntry>) {
         let apex = Builder::new(&self.cfg);
         let zones: Vec<Zone> = self
             .zones
@@ -485,7 +671,7 @@ impl TableBuilder {
         let mut apex = apex;
         apex.apex();
         let apex = apex.into_fragment();
-        let mut fragments = HashMap::with_capacity(snap.services().len());
+        let mut fragments = HashMap::with_capacity(count);
         // Reverse names several Services contribute to: merged below.
         let mut shared_ptrs: HashMap<Box<[u8]>, (Name, Vec<Name>)> = HashMap::new();
         let mut cnames = Vec::new();
@@ -542,7 +728,7 @@ impl TableBuilder {
             }
         };
         add(&apex, &mut names);
-        for (key, svc) in snap.services() {
+        for (key, svc) in services {
             let frag = match self.fragments.get(key) {
                 Some((old, f)) if Arc::ptr_eq(old, svc) => Arc::clone(f),
                 _ => Arc::new(Builder::fragment(&self.cfg, svc)),
@@ -596,11 +782,7 @@ impl TableBuilder {
                 at += 1 + usize::from(w[at]);
             }
         }
-        DnsTable {
-            version: snap.version,
-            zones,
-            names,
-        }
+        (zones, names)
     }
 
     /// An ExternalName's entry: the CNAME for every type; for A/AAAA, a target inside the
@@ -632,6 +814,37 @@ impl TableBuilder {
         entry.cname = Some(template(n, RecordType::CNAME, vec![cname], Vec::new()));
         entry
     }
+}
+
+/// Lays the names out for the query path, the most asked first: names with addresses (what
+/// clients ask for most), other names of the cluster zone with answers (SRV, TXT, apex,
+/// CNAME), reverse names, then names that only exist (NODATA for every type). Names added
+/// earlier sit closer to their hash's slot, and records too large for a slot lie in the
+/// overflow arena in this order, the often-asked ones on fewer pages.
+fn index(zones: &[Zone], names: &HashMap<Box<[u8]>, NameEntry>) -> NameIndex {
+    let rank = |e: &NameEntry| {
+        let address = |t: u16| t == u16::from(RecordType::A) || t == u16::from(RecordType::AAAA);
+        let answers = !e.answers.is_empty() || e.cname.is_some();
+        if e.answers.iter().any(|(t, _)| address(*t)) {
+            0
+        } else if answers && e.zone == 0 {
+            1
+        } else if answers {
+            2
+        } else {
+            3
+        }
+    };
+    let mut order: Vec<(&Box<[u8]>, &NameEntry)> = names.iter().collect();
+    order.sort_by_key(|(_, e)| rank(e));
+    // Names are stored without their zone's apex.
+    let mut index = IndexBuilder::new(zones.iter().map(|z| z.wire.clone()).collect());
+    for (w, e) in order {
+        if let Err(error) = index.push_with(w, |out| Entry::encode(w, e, out)) {
+            tracing::warn!(%error, name = ?String::from_utf8_lossy(w), "dns name left out");
+        }
+    }
+    index.finish()
 }
 
 fn srv_name(port: &str, proto: Protocol, base: &Name) -> Option<Name> {
@@ -666,7 +879,7 @@ fn wire_record(r: &Record) -> Vec<u8> {
 }
 
 /// A complete response message, shared between tables.
-pub type Template = Arc<[u8]>;
+type Template = Arc<[u8]>;
 
 /// A complete NOERROR response for a lower-case question `name`/`qtype`, id 0, AA set.
 fn template(
@@ -681,4 +894,166 @@ fn template(
     m.add_answers(answers);
     m.add_additionals(additional);
     Arc::from(m.to_vec().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+    use super::*;
+
+    const FIXTURE: &str = include_str!("../tests/fixtures/cluster.yaml");
+    const EXTERNAL: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: alias, namespace: demo}\n\
+        spec: {type: ExternalName, externalName: web.demo.svc.cluster.local}\n";
+
+    fn snapshot() -> Arc<Snapshot> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cluster.yaml"), FIXTURE).unwrap();
+        std::fs::write(dir.path().join("alias.yaml"), EXTERNAL).unwrap();
+        let mut loader = svcplane_config::Loader::new(dir.path(), Default::default());
+        loader.reload().unwrap();
+        loader.snapshot().clone()
+    }
+
+    /// What the build-time map answers (the rule the index must keep).
+    fn model_answer(e: &NameEntry, qtype: u16) -> Option<&Template> {
+        let own = if qtype == u16::from(RecordType::ANY) {
+            e.answers.first()
+        } else {
+            e.answers.iter().find(|(t, _)| *t == qtype)
+        };
+        own.map(|(_, t)| t).or(e.cname.as_ref())
+    }
+
+    #[test]
+    fn the_index_answers_what_the_builder_built() {
+        let cfg = DnsConfig::new("cluster.local", 5).unwrap();
+        let snap = snapshot();
+        let (zones, names) = TableBuilder::new(cfg.clone())
+            .build_names(snap.services().len(), snap.services().iter());
+        let table = TableBuilder::new(cfg).build(&snap);
+        assert_eq!(zones.len(), table.zones.len());
+        assert_eq!(table.len(), names.len());
+        assert!(
+            names.values().any(|e| e.cname.is_some()),
+            "fixture lacks a CNAME"
+        );
+        let qtypes = [1, 2, 5, 6, 12, 16, 28, 33, 255, 999];
+        for (w, e) in &names {
+            let got = table.get(w).expect("every name is indexed");
+            assert_eq!(got.zone(), e.zone);
+            // Stored answers, byte for byte (the question rebuilt from the name).
+            let stored: Vec<(u16, Vec<u8>)> = got
+                .answers()
+                .map(|(t, a)| (t, a.to_message(w, t)))
+                .collect();
+            let built: Vec<(u16, Vec<u8>)> = e
+                .answers
+                .iter()
+                .map(|(t, tpl)| (*t, tpl.to_vec()))
+                .collect();
+            assert_eq!(stored, built, "{w:?}");
+            let cname = u16::from(RecordType::CNAME);
+            assert_eq!(
+                got.cname().map(|a| a.to_message(w, cname)),
+                e.cname.as_ref().map(|t| t.to_vec())
+            );
+            for q in qtypes {
+                match (table.lookup(w, q), model_answer(e, q)) {
+                    (Lookup::Answer(a), Some(tpl)) => {
+                        // Same sections; the question is the one asked.
+                        let mut want = tpl.to_vec();
+                        let qt = 12 + w.len();
+                        want[qt..qt + 2].copy_from_slice(&q.to_be_bytes());
+                        assert_eq!(a.to_message(w, q), want, "{w:?} {q}");
+                    }
+                    (Lookup::NoData(z), None) => assert!(std::ptr::eq(z, &table.zones[e.zone])),
+                    (l, m) => panic!("{w:?} {q}: index {l:?}, builder {m:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_not_in_the_table_are_nxdomain_in_a_zone_and_outside_elsewhere() {
+        let cfg = DnsConfig::new("cluster.local", 5).unwrap();
+        let table = TableBuilder::new(cfg).build(&snapshot());
+        let name = |s: &str| wire(&Name::from_ascii(s).unwrap());
+        let nx = name("nope.demo.svc.cluster.local.");
+        assert!(matches!(table.lookup(&nx, 1), Lookup::NxDomain(z) if z.kind == ZoneKind::Cluster));
+        assert!(table.get(&nx).is_none());
+        let ptr = name("9.9.9.10.in-addr.arpa.");
+        assert!(
+            matches!(table.lookup(&ptr, 12), Lookup::NxDomain(z) if z.kind == ZoneKind::ReverseV4)
+        );
+        assert!(matches!(
+            table.lookup(&name("example.com."), 1),
+            Lookup::Outside
+        ));
+        // Lookups take the lower-case form: other spellings are the caller's to fold.
+        assert!(matches!(
+            table.lookup(&name("web.demo.svc.cluster.local."), 1),
+            Lookup::Answer(_)
+        ));
+        assert!(!matches!(
+            table.lookup(&name("WEB.demo.svc.cluster.local."), 1),
+            Lookup::Answer(_)
+        ));
+    }
+
+    #[test]
+    fn an_empty_snapshot_has_only_the_apex_names() {
+        let cfg = DnsConfig::new("cluster.local", 5).unwrap();
+        let table = TableBuilder::new(cfg).build(&Snapshot::default());
+        let names: BTreeSet<Vec<u8>> = table.entries().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), table.len());
+        assert!(names.contains(&wire(&Name::from_ascii("cluster.local.").unwrap())));
+        assert!(!table.is_empty());
+    }
+
+    #[test]
+    fn an_answer_that_could_not_be_encoded_is_servfail() {
+        use crate::wire::{self, Outcome, Policy, Transport};
+        let cfg = DnsConfig::new("cluster.local", 5).unwrap();
+        let (zones, mut names) = TableBuilder::new(cfg).build_names(0, std::iter::empty());
+        let w = wire(&Name::from_ascii("x.cluster.local.").unwrap());
+        let entry = NameEntry {
+            zone: 0,
+            answers: vec![(1, Arc::from(Vec::new())), (16, Arc::from(vec![0; 8]))],
+            cname: None,
+        };
+        names.insert(w.clone().into_boxed_slice(), entry);
+        let table = DnsTable {
+            version: 1,
+            names: index(&zones, &names),
+            zones,
+        };
+        for qtype in [1u16, 16] {
+            let Lookup::Answer(a) = table.lookup(&w, qtype) else {
+                panic!("{qtype}: no answer");
+            };
+            assert!(!a.is_available());
+            let mut req = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+            req.extend_from_slice(&w);
+            req.extend_from_slice(&qtype.to_be_bytes());
+            req.extend_from_slice(&[0, 1]);
+            let (mut out, mut key) = (Vec::new(), Vec::new());
+            let policy = Policy { forward: false };
+            let outcome = wire::respond(
+                Some(&table),
+                &req,
+                Transport::Udp,
+                policy,
+                &mut out,
+                &mut key,
+            );
+            assert_eq!(
+                outcome,
+                Outcome::Reply(hickory_proto::op::ResponseCode::ServFail)
+            );
+            let m = Message::from_vec(&out).unwrap();
+            assert_eq!(m.metadata.id, 0x1234);
+            assert!(m.answers.is_empty());
+        }
+    }
 }

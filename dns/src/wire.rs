@@ -100,26 +100,23 @@ fn parse_plain_inner(req: &[u8], key: &mut Vec<u8>) -> Option<Plain> {
     if flags & 0x7800 != 0 || qd != 1 || an != 0 || ns != 0 || ar > 1 {
         return None;
     }
-    key.clear();
+    // Walk the labels, then copy the name once and lower-case it whole (length bytes are at
+    // most 63, below 'A': lower-casing leaves them alone).
     let mut i = 12;
     loop {
         let len = usize::from(*req.get(i)?);
         if len == 0 {
-            key.push(0);
             i += 1;
             break;
         }
-        if len > 63 || key.len() + len + 2 > 255 {
+        if len > 63 || i - 12 + len + 2 > 255 {
             return None;
         }
-        key.push(len as u8);
-        key.extend(
-            req.get(i + 1..i + 1 + len)?
-                .iter()
-                .map(u8::to_ascii_lowercase),
-        );
         i += 1 + len;
     }
+    key.clear();
+    key.extend_from_slice(req.get(12..i)?);
+    key.make_ascii_lowercase();
     let qtype = u16_at(req, i)?;
     if u16_at(req, i + 2)? != u16::from(DNSClass::IN) {
         return None;
@@ -156,11 +153,12 @@ fn answer(
         return negative(req, p, None, ResponseCode::ServFail, transport, policy, out);
     };
     match table.lookup(key, p.qtype) {
-        Lookup::Answer(tpl) => {
-            out.extend_from_slice(tpl);
-            out[12..p.qend].copy_from_slice(&req[12..p.qend]);
+        Lookup::Answer(a) if a.is_available() => {
+            a.write(&req[12..p.qend], out);
             finish(req, p, ResponseCode::NoError, transport, policy, out)
         }
+        // The builder had no usable message for this answer: a failure, not a bad reply.
+        Lookup::Answer(_) => negative(req, p, None, ResponseCode::ServFail, transport, policy, out),
         Lookup::NoData(z) => negative(
             req,
             p,

@@ -14,19 +14,24 @@ use svcplane_dns::table::TableBuilder;
 use svcplane_dns::{DnsConfig, DnsTable};
 
 fn assert_same(a: &DnsTable, b: &DnsTable) {
-    assert_eq!(a.names.len(), b.names.len(), "name count");
-    for (k, ea) in &a.names {
+    assert_eq!(a.len(), b.len(), "name count");
+    let cname = u16::from(hickory_proto::rr::RecordType::CNAME);
+    for (k, ea) in a.entries() {
+        let k = k.as_slice();
         let eb = b
-            .names
             .get(k)
             .unwrap_or_else(|| panic!("name {k:?} missing from the cold table"));
-        assert_eq!(ea.zone, eb.zone, "zone of {k:?}");
-        let mut ta: Vec<_> = ea.answers.iter().map(|(t, v)| (*t, v.to_vec())).collect();
-        let mut tb: Vec<_> = eb.answers.iter().map(|(t, v)| (*t, v.to_vec())).collect();
+        assert_eq!(ea.zone(), eb.zone(), "zone of {k:?}");
+        let mut ta: Vec<_> = ea.answers().map(|(t, v)| (t, v.to_message(k, t))).collect();
+        let mut tb: Vec<_> = eb.answers().map(|(t, v)| (t, v.to_message(k, t))).collect();
         ta.sort();
         tb.sort();
         assert_eq!(ta, tb, "answers of {k:?}");
-        assert_eq!(ea.cname.as_deref(), eb.cname.as_deref(), "cname of {k:?}");
+        assert_eq!(
+            ea.cname().map(|c| c.to_message(k, cname)),
+            eb.cname().map(|c| c.to_message(k, cname)),
+            "cname of {k:?}"
+        );
     }
 }
 

@@ -33,7 +33,7 @@
 //!
 //! TCP `getpeername` shows the endpoint by default: showing the frontend needs a write per
 //! TCP connect (socket storage, `v1_tcp_peer`), which the connect path avoids unless
-//! [`EbpfOptions::tcp_getpeername_vip`] asks for it. UDP sockets always see the frontend.
+//! [`EbpfFeatures::tcp_getpeername_vip`] asks for it. UDP sockets always see the frontend.
 //!
 //! Programming cost: a snapshot is applied as a diff per Service port (a shared
 //! `Arc<PortView>` is skipped by pointer), so one endpoint change costs about the same at
@@ -53,20 +53,22 @@
 mod abi;
 pub mod loader;
 mod maps;
+pub mod metrics;
 mod stale;
 pub mod sync;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use svcplane_config::Snapshot;
+use svcplane_config::{Frontend, ServicePortKey, Snapshot};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use loader::cleanup;
 pub use maps::{BpfMaps, read_frontends};
+pub use metrics::{EbpfCollector, EbpfMetrics};
 pub use sync::{FrontendSet, FrontendState, MapOp, MapOps, NodeInfo, SyncReport, Syncer};
 
 /// Where maps and links are pinned unless told otherwise.
@@ -82,6 +84,14 @@ pub struct EbpfOptions {
     pub node_name: Option<String>,
     /// Addresses NodePorts are served on (add 127.0.0.1 to serve it there).
     pub node_ips: Vec<IpAddr>,
+    /// The daemon's health self-test (frontend, endpoint): a TCP frontend always in the
+    /// maps.
+    pub probe: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+}
+
+/// Optional behaviour of the programs, fixed at load time ([`EbpfDataPlane::start_with`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EbpfFeatures {
     /// TCP `getpeername` shows the frontend instead of the endpoint. Costs a socket-storage
     /// write on every balanced TCP connect, so it is off by default.
     pub tcp_getpeername_vip: bool,
@@ -94,7 +104,7 @@ impl Default for EbpfOptions {
             cgroup: None,
             node_name: None,
             node_ips: vec![IpAddr::from([127, 0, 0, 1])],
-            tcp_getpeername_vip: false,
+            probe: None,
         }
     }
 }
@@ -102,6 +112,12 @@ impl Default for EbpfOptions {
 /// Why the data plane cannot start or program. The first four name what is missing.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
+    #[error(
+        "this svcplane was built without its eBPF programs (clang or libbpf-dev was missing at \
+         build time): `apt-get install -y clang llvm libbpf-dev`, then rebuild; or use --mode \
+         userspace"
+    )]
+    NotBuilt,
     #[error(
         "the eBPF data plane needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN): run svcplane \
          as root, or use --mode userspace"
@@ -159,11 +175,29 @@ pub enum EbpfError {
     },
 }
 
+/// What the maps hold, read through the programming loop's syncer.
+#[derive(Clone, Debug)]
+pub struct Listing(Arc<Mutex<Option<Syncer>>>);
+
+impl Listing {
+    /// Every frontend with the Service port that owns it (or the self-test's key) and its
+    /// endpoints in slot order. One pass over the frontends, under the syncer's lock.
+    pub fn frontends(&self) -> Vec<(Frontend, ServicePortKey, Vec<std::net::SocketAddr>)> {
+        lock(&self.0)
+            .as_ref()
+            .map(Syncer::listing)
+            .unwrap_or_default()
+    }
+}
+
 /// The running eBPF data plane. Dropping it (or [`stop`](Self::stop)) stops programming;
 /// programs, links and maps stay pinned and keep routing. [`cleanup`] removes them.
 #[derive(Debug)]
 pub struct EbpfDataPlane {
     programmed: watch::Receiver<u64>,
+    /// The syncer, locked by the programming loop and by [`Listing::frontends`].
+    syncer: Arc<Mutex<Option<Syncer>>>,
+    metrics: Arc<EbpfMetrics>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     cgroup: PathBuf,
@@ -178,9 +212,18 @@ impl EbpfDataPlane {
         opts: EbpfOptions,
         snapshots: watch::Receiver<Arc<Snapshot>>,
     ) -> Result<Self, EbpfError> {
+        Self::start_with(opts, EbpfFeatures::default(), snapshots).await
+    }
+
+    /// [`start`](Self::start) with optional behaviour of the programs.
+    pub async fn start_with(
+        opts: EbpfOptions,
+        features: EbpfFeatures,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+    ) -> Result<Self, EbpfError> {
         let pin_root = opts.pin_root.clone();
         let cgroup = opts.cgroup.clone();
-        let tcp_peer = opts.tcp_getpeername_vip;
+        let tcp_peer = features.tcp_getpeername_vip;
         let loaded = tokio::task::spawn_blocking(move || {
             loader::load(&pin_root, cgroup.as_deref(), tcp_peer)
         })
@@ -199,16 +242,29 @@ impl EbpfDataPlane {
         let node = NodeInfo {
             node_name: opts.node_name.clone(),
             node_ips: opts.node_ips.clone(),
+            probe: opts.probe,
         };
         let cgroup = loaded.cgroup.clone();
         let (programmed_tx, programmed) = watch::channel(0);
         let (stop, stop_rx) = watch::channel(false);
         let handle = tokio::runtime::Handle::current();
+        let syncer = Arc::new(Mutex::new(None));
+        let shared = Arc::clone(&syncer);
+        let metrics = Arc::new(EbpfMetrics::default());
+        let m = Arc::clone(&metrics);
         let task = tokio::task::spawn_blocking(move || {
-            run(handle, loaded, node, snapshots, stop_rx, programmed_tx);
+            let lp = Loop {
+                handle,
+                node,
+                shared: &shared,
+                metrics: &m,
+            };
+            lp.run(loaded, snapshots, stop_rx, programmed_tx);
         });
         Ok(EbpfDataPlane {
             programmed,
+            syncer,
+            metrics,
             stop,
             task: Some(task),
             cgroup,
@@ -219,6 +275,16 @@ impl EbpfDataPlane {
     /// The snapshot version whose frontends are in the maps.
     pub fn programmed(&self) -> watch::Receiver<u64> {
         self.programmed.clone()
+    }
+
+    /// The programming loop's metrics (register [`EbpfCollector`] for `/metrics`).
+    pub fn metrics(&self) -> Arc<EbpfMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Reads what the maps hold, for `svcplane status` (cheap to clone).
+    pub fn listing(&self) -> Listing {
+        Listing(Arc::clone(&self.syncer))
     }
 
     /// The cgroup the programs are attached to.
@@ -250,51 +316,92 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// The programming loop: one sync per snapshot. After a failed sync the syncer restarts
 /// from the maps' real content and the snapshot is retried after [`RETRY`].
-fn run(
+struct Loop<'a> {
     handle: tokio::runtime::Handle,
-    loaded: loader::Loaded,
     node: NodeInfo,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    mut stop: watch::Receiver<bool>,
-    programmed: watch::Sender<u64>,
-) {
-    let loader::Loaded {
-        mut maps,
-        current,
-        mut purger,
-        ..
-    } = loaded;
-    let mut syncer = Syncer::new(node.clone(), current);
-    loop {
-        let snap = snapshots.borrow_and_update().clone();
-        let mut failed = false;
-        if snap.version > 0 && *programmed.borrow() != snap.version {
-            match program(&mut syncer, &mut maps, &snap) {
-                Ok(removed_udp) => {
-                    programmed.send_replace(snap.version);
-                    if let (Some(p), false) = (&mut purger, removed_udp.is_empty()) {
-                        purge(p, &removed_udp);
+    shared: &'a Mutex<Option<Syncer>>,
+    metrics: &'a EbpfMetrics,
+}
+
+impl Loop<'_> {
+    fn run(
+        self,
+        loaded: loader::Loaded,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+        mut stop: watch::Receiver<bool>,
+        programmed: watch::Sender<u64>,
+    ) {
+        let loader::Loaded {
+            mut maps,
+            current,
+            mut purger,
+            ..
+        } = loaded;
+        *lock(self.shared) = Some(Syncer::new(self.node.clone(), current));
+        loop {
+            let snap = snapshots.borrow_and_update().clone();
+            let mut failed = false;
+            if snap.version > 0 && *programmed.borrow() != snap.version {
+                match self.program(&mut maps, &snap) {
+                    Some(Ok(removed_udp)) => {
+                        programmed.send_replace(snap.version);
+                        if let (Some(p), false) = (&mut purger, removed_udp.is_empty()) {
+                            purge(p, &removed_udp);
+                        }
                     }
+                    Some(Err(())) => failed = true,
+                    None => return,
                 }
-                Err(e) => {
-                    failed = true;
-                    tracing::error!(version = snap.version, error = %e, "programming the eBPF maps failed; retrying from the maps' content");
-                    match maps.adopt() {
-                        Ok(current) => syncer = Syncer::new(node.clone(), current),
-                        Err(e) => tracing::error!(error = %e, "reading the services map"),
-                    }
+            }
+            let stopped = self.handle.block_on(async {
+                tokio::select! {
+                    r = stop.changed() => r.is_err() || *stop.borrow(),
+                    r = snapshots.changed() => r.is_err(),
+                    () = tokio::time::sleep(RETRY), if failed => false,
                 }
+            });
+            if stopped || *stop.borrow() {
+                break;
             }
         }
-        let stopped = handle.block_on(async {
-            tokio::select! {
-                r = stop.changed() => r.is_err() || *stop.borrow(),
-                r = snapshots.changed() => r.is_err(),
-                () = tokio::time::sleep(RETRY), if failed => false,
+    }
+
+    /// One sync under the syncer's lock, logged and recorded; the endpoints that left UDP
+    /// frontends. After a failure the syncer is rebuilt from the maps' content. `None`: no
+    /// syncer (the data plane is gone).
+    fn program(
+        &self,
+        maps: &mut BpfMaps,
+        snap: &Arc<Snapshot>,
+    ) -> Option<Result<Vec<std::net::SocketAddr>, ()>> {
+        let started = Instant::now();
+        let mut guard = lock(self.shared);
+        let syncer = guard.as_mut()?;
+        match syncer.sync(snap, maps) {
+            Ok(report) => {
+                let since = snap.changed_at.map(|t| t.elapsed());
+                self.metrics.record(started.elapsed(), since, &report);
+                for (fe, port) in &report.conflicts {
+                    tracing::warn!(frontend = %fe, port = %port, "frontend already taken by another Service port");
+                }
+                tracing::debug!(
+                    version = snap.version,
+                    ports_changed = report.ports_changed,
+                    ops = report.ops,
+                    frontends = report.frontends,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "eBPF maps programmed"
+                );
+                Some(Ok(report.removed_udp))
             }
-        });
-        if stopped || *stop.borrow() {
-            break;
+            Err(e) => {
+                tracing::error!(version = snap.version, error = %e, "programming the eBPF maps failed; retrying from the maps' content");
+                match maps.adopt() {
+                    Ok(current) => *syncer = Syncer::new(self.node.clone(), current),
+                    Err(e) => tracing::error!(error = %e, "reading the services map"),
+                }
+                Some(Err(()))
+            }
         }
     }
 }
@@ -313,24 +420,6 @@ fn purge(purger: &mut stale::Purger, removed: &[std::net::SocketAddr]) {
     }
 }
 
-/// One sync, logged; the endpoints that left UDP frontends.
-fn program(
-    syncer: &mut Syncer,
-    maps: &mut BpfMaps,
-    snap: &Arc<Snapshot>,
-) -> Result<Vec<std::net::SocketAddr>, aya::maps::MapError> {
-    let started = Instant::now();
-    let report = syncer.sync(snap, maps)?;
-    for (fe, port) in &report.conflicts {
-        tracing::warn!(frontend = %fe, port = %port, "frontend already taken by another Service port");
-    }
-    tracing::debug!(
-        version = snap.version,
-        ports_changed = report.ports_changed,
-        ops = report.ops,
-        frontends = report.frontends,
-        took_us = started.elapsed().as_micros() as u64,
-        "eBPF maps programmed"
-    );
-    Ok(report.removed_udp)
+fn lock(m: &Mutex<Option<Syncer>>) -> std::sync::MutexGuard<'_, Option<Syncer>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -23,7 +23,8 @@ use crate::maps::BpfMaps;
 use crate::stale::{self, Purger};
 use crate::sync::FrontendSet;
 
-/// The compiled programs (`bpf/svcplane.bpf.c`, built by `build.rs`).
+/// The compiled programs (`bpf/svcplane.bpf.c`, built by `build.rs`); empty when clang or
+/// libbpf's headers were missing at build time.
 pub(crate) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svcplane.bpf.o"));
 
@@ -72,6 +73,9 @@ pub(crate) fn load(
     cgroup: Option<&Path>,
     tcp_peer_vip: bool,
 ) -> Result<Loaded, EbpfError> {
+    if OBJECT.is_empty() {
+        return Err(EbpfError::NotBuilt);
+    }
     let cgroup = preflight(pin_root, cgroup)?;
     let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, pin_root.join(m))).collect();
     let mut loader = EbpfLoader::new();

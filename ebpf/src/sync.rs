@@ -11,8 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use svcplane_config::{
-    Change, Frontend, IpFamily, PortView, Protocol, ServicePortKey, SessionAffinity, Snapshot,
-    TrafficScope,
+    Change, Frontend, IpFamily, PortView, Protocol, ServiceKey, ServicePortKey, SessionAffinity,
+    Snapshot, TrafficScope,
 };
 
 use crate::abi::{self, MAX_FRONTENDS, SvcKey, SvcValue};
@@ -261,6 +261,18 @@ pub struct NodeInfo {
     pub node_name: Option<String>,
     /// Addresses NodePorts are served on (127.0.0.1 included if wanted).
     pub node_ips: Vec<IpAddr>,
+    /// The daemon's health self-test: (frontend, endpoint), a TCP frontend kept in the maps
+    /// whatever the snapshots say; it takes its address from a Service port that wants it.
+    pub probe: Option<(SocketAddr, SocketAddr)>,
+}
+
+/// The owner the self-test frontend is recorded under (no Kubernetes name has parentheses).
+fn probe_owner(port: u16) -> ServicePortKey {
+    ServicePortKey {
+        service: ServiceKey::new("svcplane", "(self-test)"),
+        port,
+        protocol: Protocol::Tcp,
+    }
 }
 
 /// What one sync did.
@@ -317,6 +329,17 @@ impl Syncer {
         }
     }
 
+    /// Every frontend with its owner (a Service port, or the self-test) and endpoints.
+    pub fn listing(&self) -> Vec<(Frontend, ServicePortKey, Vec<SocketAddr>)> {
+        self.state
+            .iter()
+            .filter_map(|(fe, st)| {
+                let owner = self.owners.get(fe)?;
+                Some((*fe, owner.clone(), st.endpoints.clone()))
+            })
+            .collect()
+    }
+
     /// The content the maps hold after the last successful sync.
     pub fn state(&self) -> &FrontendSet {
         &self.state
@@ -343,6 +366,8 @@ impl Syncer {
         let full = self.prev.is_none();
         report.ports_changed = changes.len();
         let mut ops = Vec::new();
+        self.claim_probe(&mut ops, &mut report);
+        self.apply(&mut ops, maps, &mut report)?;
         // Removals first, so a frontend moving between ports is free when claimed.
         let wanted = self.release_unwanted(&changes, &mut ops);
         self.apply(&mut ops, maps, &mut report)?;
@@ -474,6 +499,40 @@ impl Syncer {
         } else {
             self.delete(fe, ops);
         }
+    }
+
+    /// Writes the self-test frontend unless it is already there, owned by the self-test.
+    fn claim_probe(&mut self, ops: &mut Vec<MapOp>, report: &mut SyncReport) {
+        let Some((front, back)) = self.node.probe else {
+            return;
+        };
+        let fe = Frontend {
+            ip: front.ip(),
+            port: front.port(),
+            protocol: Protocol::Tcp,
+        };
+        let owner = probe_owner(front.port());
+        if self.owners.get(&fe) == Some(&owner) {
+            return;
+        }
+        if let Some(other) = self.owners.get(&fe).cloned() {
+            if let Some(fes) = self.ports.get_mut(&other) {
+                fes.retain(|f| *f != fe);
+            }
+            report.conflicts.push((fe, other));
+        }
+        let id = match self.state.get(&fe) {
+            Some(p) => p.id,
+            None => self.ids.alloc(),
+        };
+        let next = FrontendState {
+            id,
+            affinity_timeout: 0,
+            endpoints: vec![back],
+        };
+        diff_one(fe, self.state.get(&fe), Some(&next), ops);
+        self.owners.insert(fe, owner);
+        self.state.insert(fe, next);
     }
 
     /// Deletes a frontend from the maps and the bookkeeping.
@@ -996,6 +1055,7 @@ endpoints:
         NodeInfo {
             node_name: Some("node-a".into()),
             node_ips: vec![IpAddr::from([127, 0, 0, 1])],
+            probe: None,
         }
     }
 

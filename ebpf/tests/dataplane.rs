@@ -568,3 +568,45 @@ async fn connected_udp6_to_a_removed_endpoint_is_aborted() {
         "reconnected: {third}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_getpeername_shows_the_vip_when_asked() {
+    if !require_root() {
+        return;
+    }
+    let mut env = Env::new();
+    let _b = three_backends(&env);
+    for i in 1..=2 {
+        env.ns.add_lo(&format!("fd00:1::{i}/128"));
+    }
+    let _b6: Vec<Backend> = (1..=2)
+        .map(|i| Backend::start(&env.ns, &format!("v6b{i}"), &format!("[fd00:1::{i}]:8080")))
+        .collect();
+    let mut yaml = service("web", &["10.96.0.10"], &THREE);
+    yaml.push_str("---\n");
+    yaml.push_str(
+        &service(
+            "web6",
+            &["fd00:96::10"],
+            &[("fd00:1::1", true), ("fd00:1::2", true)],
+        )
+        .replace("nodePort: 30080", "nodePort: 30081")
+        .replace("nodePort: 30053", "nodePort: 30054"),
+    );
+    let v = env.publish(&yaml);
+    let dp = env
+        .start_with(svcplane_ebpf::EbpfFeatures {
+            tcp_getpeername_vip: true,
+        })
+        .await;
+    wait_programmed(&dp, v).await;
+    for l in env.client(&["tcp", "10.96.0.10", "80", "3"]) {
+        assert!(l.starts_with('b') && l.ends_with(" 10.96.0.10"), "{l}");
+    }
+    for l in env.client(&["tcp", "fd00:96::10", "80", "2"]) {
+        assert!(l.starts_with("v6b") && l.ends_with(" fd00:96::10"), "{l}");
+    }
+    // A connection made without the frontend is untouched.
+    let direct = env.client(&["tcp", "127.0.0.2", "8080", "1"]);
+    assert_eq!(direct, ["b1 127.0.0.2"]);
+}

@@ -12,7 +12,9 @@
 //!   failed connect, cleared by a successful one), kept across snapshots.
 //! - [`table`]: snapshot → table, with endpoint selection delegated to
 //!   `PortView::routable_endpoints` (ready endpoints; else serving+terminating; traffic
-//!   policies against the node name).
+//!   policies against the node name). The daemon's health self-test adds one more TCP
+//!   frontend ([`Probe`], kind `self-test`) to every table, so `/healthz` is answered by a
+//!   connection through this very data path.
 //! - [`addrs`]: netlink (rtnetlink) address listing and the VIPs added to `lo`, tagged so a
 //!   later run can tell them apart from addresses it must not touch.
 //! - `workers`: one current-thread runtime per core; every frontend gets one SO_REUSEPORT
@@ -57,7 +59,7 @@ pub use metrics::{ProxyCollector, ProxyMetrics};
 pub use route::FrontendKind;
 pub use shared::ProxyStats;
 pub use status::{EndpointStatus, FrontendStatus, ProxyStatus, StatusSource};
-pub use table::{FrontendTable, Listen, NodeConfig};
+pub use table::{FrontendTable, Listen, NodeConfig, Probe};
 pub use tcp::CONNECT_TIMEOUT;
 
 use crate::shared::Shared;
@@ -79,6 +81,8 @@ pub struct ProxyOptions {
     pub manage_addresses: bool,
     /// Data-path threads; 0: one per CPU this process may run on.
     pub workers: usize,
+    /// The health self-test's frontend, added to every table.
+    pub probe: Option<Probe>,
 }
 
 impl Default for ProxyOptions {
@@ -89,6 +93,7 @@ impl Default for ProxyOptions {
             udp_idle: DEFAULT_UDP_IDLE,
             manage_addresses: true,
             workers: 0,
+            probe: None,
         }
     }
 }
@@ -133,6 +138,7 @@ impl UserspaceProxy {
         let node = NodeConfig {
             node_name: opts.node_name.clone(),
             node_ips,
+            probe: opts.probe,
         };
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(FrontendTable::default()),

@@ -61,6 +61,8 @@ pub enum FrontendKind {
     NodePort,
     LoadBalancer,
     ExternalIp,
+    /// The daemon's own probe frontend (the health self-test), not from a manifest.
+    SelfTest,
 }
 
 impl FrontendKind {
@@ -70,6 +72,7 @@ impl FrontendKind {
             FrontendKind::NodePort => "NodePort",
             FrontendKind::LoadBalancer => "LoadBalancer",
             FrontendKind::ExternalIp => "ExternalIP",
+            FrontendKind::SelfTest => "self-test",
         }
     }
 }

@@ -43,6 +43,27 @@ pub struct NodeConfig {
     pub node_name: Option<String>,
     /// Addresses NodePorts listen on.
     pub node_ips: Vec<IpAddr>,
+    /// The health self-test's frontend and backend: a TCP frontend added to every table.
+    pub probe: Option<Probe>,
+}
+
+/// The health self-test's route: `frontend` (TCP) balances over the one `backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub frontend: SocketAddr,
+    pub backend: SocketAddr,
+}
+
+impl Probe {
+    /// The route key status and metrics show it under (no Kubernetes name has parentheses,
+    /// so no Service can collide with it).
+    pub fn key(&self) -> ServicePortKey {
+        ServicePortKey {
+            service: ServiceKey::new("svcplane", "(self-test)"),
+            port: self.frontend.port(),
+            protocol: Protocol::Tcp,
+        }
+    }
 }
 
 /// Everything the data path reads, for one snapshot version.
@@ -61,6 +82,7 @@ pub struct FrontendTable {
 #[derive(Debug, Default)]
 pub struct Registry {
     ports: HashMap<ServicePortKey, PortSlot>,
+    probe: Option<(SocketAddr, Arc<EndpointState>)>,
     warned_sctp: BTreeSet<ServiceKey>,
 }
 
@@ -152,10 +174,47 @@ pub fn build(
     }
     reg.ports = slots;
     reg.warned_sctp = sctp;
+    if let Some(probe) = node.probe {
+        add_probe(&mut table, &mut warnings, reg, probe);
+    }
     table
         .frontends
         .sort_by(|a, b| (&a.route.key, a.listen).cmp(&(&b.route.key, b.listen)));
     (table, warnings)
+}
+
+/// The self-test frontend: first served, so a Service cannot take its address.
+fn add_probe(
+    table: &mut FrontendTable,
+    warnings: &mut Vec<BuildWarning>,
+    reg: &mut Registry,
+    probe: Probe,
+) {
+    let state = match &reg.probe {
+        Some((addr, state)) if *addr == probe.backend => Arc::clone(state),
+        _ => Arc::new(EndpointState::new(probe.backend)),
+    };
+    reg.probe = Some((probe.backend, Arc::clone(&state)));
+    let key = probe.key();
+    let listen = Listen {
+        addr: probe.frontend,
+        protocol: Protocol::Tcp,
+    };
+    let route = Arc::new(Route::new(key.clone(), vec![Arc::clone(&state)], None));
+    if let Some(taken) = table.routes.insert(listen, Arc::clone(&route)) {
+        warnings.push(BuildWarning::Conflict {
+            listen,
+            kept: key.clone(),
+            dropped: taken.key.clone(),
+        });
+        table.frontends.retain(|f| f.listen != listen);
+    }
+    table.frontends.push(FrontendEntry {
+        listen,
+        kind: FrontendKind::SelfTest,
+        route,
+    });
+    table.ports.insert(key, vec![state]);
 }
 
 fn add_port(
@@ -305,7 +364,45 @@ endpoints:
         NodeConfig {
             node_name: Some("node-a".into()),
             node_ips: vec!["127.0.0.1".parse().unwrap(), "203.0.113.5".parse().unwrap()],
+            probe: None,
         }
+    }
+
+    /// The self-test frontend is in every table, keeps its endpoint's state across builds,
+    /// and takes its address from a Service that wants it.
+    #[test]
+    fn the_probe_frontend_is_always_there_and_wins_its_address() {
+        let probe = Probe {
+            frontend: "10.96.0.10:80".parse().unwrap(),
+            backend: "127.0.0.1:40000".parse().unwrap(),
+        };
+        let node = NodeConfig {
+            probe: Some(probe),
+            ..node()
+        };
+        let mut reg = Registry::default();
+        let (t, warnings) = build(&snapshot(WEB), &node, &mut reg);
+        let l = listen("10.96.0.10:80", Protocol::Tcp);
+        let route = &t.routes[&l];
+        assert_eq!(route.key, probe.key());
+        assert_eq!(addrs(route), vec!["127.0.0.1:40000"]);
+        let fronts: Vec<_> = t.frontends.iter().filter(|f| f.listen == l).collect();
+        assert_eq!(fronts.len(), 1);
+        assert_eq!(fronts[0].kind, FrontendKind::SelfTest);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| matches!(w, BuildWarning::Conflict { listen, .. } if *listen == l)),
+            "{warnings:?}"
+        );
+        route.endpoints[0]
+            .stats
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        let (t2, _) = build(&Snapshot::default(), &node, &mut reg);
+        assert_eq!(t2.frontends.len(), 1);
+        let again = &t2.routes[&l].endpoints[0];
+        assert_eq!(again.stats.connections.load(Ordering::Relaxed), 1);
     }
 
     fn addrs(r: &Route) -> Vec<String> {

@@ -367,8 +367,11 @@ pub struct Daemon {
 impl Daemon {
     fn start(ns: &Netns, manifests: &std::path::Path, extra: &[&str]) -> Daemon {
         let state = tempfile::tempdir().unwrap();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, BIN, "run", "--manifests"])
+        // nsenter, not `ip netns exec`: that remounts /sys, which hides the cgroup2 and bpf
+        // filesystems the ebpf mode needs. Both exec the daemon (its pid is the child's).
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .args([BIN, "run", "--manifests"])
             .arg(manifests)
             .arg("--state-dir")
             .arg(state.path())
@@ -418,9 +421,15 @@ impl Daemon {
 
     /// Sends SIGTERM without waiting.
     pub fn signal_term(&self) {
-        // `ip netns exec` execs the daemon, so the child's pid is the daemon's.
+        // nsenter execs the daemon, so the child's pid is the daemon's.
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    }
+
+    /// SIGKILL, as a crash would; waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Whether the daemon has exited (without waiting).

@@ -265,7 +265,7 @@ impl Env {
             cgroup: Some(self.cgroup.path.clone()),
             node_name: Some("node-a".into()),
             node_ips: vec!["10.0.0.5".parse().unwrap(), "127.0.0.1".parse().unwrap()],
-            tcp_getpeername_vip: false,
+            probe: None,
         }
     }
 
@@ -285,11 +285,12 @@ impl Env {
     }
 
     pub async fn start(&self) -> EbpfDataPlane {
-        self.start_with(self.options()).await
+        self.start_with(svcplane_ebpf::EbpfFeatures::default())
+            .await
     }
 
-    pub async fn start_with(&self, opts: EbpfOptions) -> EbpfDataPlane {
-        EbpfDataPlane::start(opts, self.tx.subscribe())
+    pub async fn start_with(&self, features: svcplane_ebpf::EbpfFeatures) -> EbpfDataPlane {
+        EbpfDataPlane::start_with(self.options(), features, self.tx.subscribe())
             .await
             .expect("start the eBPF data plane")
     }

@@ -54,6 +54,17 @@ struct {
 	__type(value, struct svc_affinity_value);
 } v1_affinity SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct svc_peer);
+} v1_tcp_peer SEC(".maps");
+
+/* Set by the loader: 1 = TCP getpeername shows the frontend (costs a socket-storage write
+ * per balanced TCP connect). */
+volatile const __u32 cfg_tcp_peer_vip = 0;
+
 #define NS_PER_SEC 1000000000ULL
 
 /* The frontend a sock_addr context is addressed to (user_ip*, user_port). An IPv4-mapped
@@ -217,9 +228,54 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, int v6)
 		return 0;
 	if (!pick(&fe, front, &b))
 		return 1;
-	if (fe.proto == IPPROTO_UDP)
+	if (fe.proto == IPPROTO_UDP) {
 		remember_rev(ctx, &fe, &b);
+	} else if (cfg_tcp_peer_vip) {
+		struct bpf_sock *sk = ctx->sk;
+		if (sk) {
+			struct svc_peer *p = bpf_sk_storage_get(&v1_tcp_peer, sk, 0,
+								BPF_SK_STORAGE_GET_F_CREATE);
+			if (p) {
+				p->fe = fe;
+				p->backend = b;
+			}
+		}
+	}
 	write_dest(ctx, v6, mapped, &fe, &b);
+	return 1;
+}
+
+/* getpeername() of a TCP socket this program connected: the frontend, if the peer is
+ * still the endpoint it was sent to. */
+static __always_inline int tcp_peer(struct bpf_sock_addr *ctx, int v6)
+{
+	if (!cfg_tcp_peer_vip)
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct svc_peer *p = bpf_sk_storage_get(&v1_tcp_peer, sk, 0, 0);
+	if (!p || p->backend.port != (__u16)ctx->user_port)
+		return 1;
+	if (!v6) {
+		if (p->backend.addr[0] != ctx->user_ip4)
+			return 1;
+		ctx->user_ip4 = p->fe.addr[0];
+	} else if (p->fe.family == SVC_FAMILY_V4) {
+		/* An IPv4 frontend reached from an IPv6 socket: ::ffff:a.b.c.d. */
+		if (p->backend.addr[0] != ctx->user_ip6[3])
+			return 1;
+		ctx->user_ip6[3] = p->fe.addr[0];
+	} else {
+		if (p->backend.addr[0] != ctx->user_ip6[0] || p->backend.addr[1] != ctx->user_ip6[1] ||
+		    p->backend.addr[2] != ctx->user_ip6[2] || p->backend.addr[3] != ctx->user_ip6[3])
+			return 1;
+		ctx->user_ip6[0] = p->fe.addr[0];
+		ctx->user_ip6[1] = p->fe.addr[1];
+		ctx->user_ip6[2] = p->fe.addr[2];
+		ctx->user_ip6[3] = p->fe.addr[3];
+	}
+	ctx->user_port = p->fe.port;
 	return 1;
 }
 
@@ -261,6 +317,8 @@ static __always_inline int do_reverse(struct bpf_sock_addr *ctx, int v6)
 {
 	struct svc_rev_key rk = {};
 
+	if (ctx->protocol == IPPROTO_TCP)
+		return tcp_peer(ctx, v6);
 	if (ctx->protocol != IPPROTO_UDP)
 		return 1;
 	rk.cookie = bpf_get_socket_cookie(ctx);
@@ -347,4 +405,91 @@ SEC("cgroup/getpeername6")
 int getpeername6(struct bpf_sock_addr *ctx)
 {
 	return do_reverse(ctx, 1);
+}
+
+/* === stale connected UDP === */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct svc_stale_key);
+	__type(value, __u8);
+} v1_stale SEC(".maps");
+
+/* A call through this pointer compiles to `call SVC_KFUNC_SOCK_DESTROY_MARKER`; the loader
+ * rewrites it into a kfunc call of bpf_sock_destroy (aya 0.14 does not relocate kfunc
+ * calls). Without the rewrite the program is not loaded. */
+static long (*svc_sock_destroy)(void *sk) = (void *)SVC_KFUNC_SOCK_DESTROY_MARKER;
+
+/* The first two members of the kernel's struct bpf_iter__udp. */
+struct svc_iter_udp {
+	void *meta;
+	void *udp_sk;
+};
+
+/* Offsets in struct sock_common, unchanged since Linux 2.6. */
+#define SKC_DADDR 0
+#define SKC_DPORT 12
+#define SKC_FAMILY 16
+#define SVC_AF_INET 2
+#define SVC_AF_INET6 10
+
+/* The IPv6 destination moves with the kernel's configuration: its offset is relocated
+ * (CO-RE) against the running kernel's BTF by the loader. */
+struct in6_addr___svc {
+	union {
+		__u32 u6_addr32[4];
+	} in6_u;
+};
+
+struct sock_common___svc {
+	struct in6_addr___svc skc_v6_daddr;
+} __attribute__((preserve_access_index));
+
+/* Aborts every connected UDP socket of the iterated network namespace that this program
+ * balanced to an endpoint listed in v1_stale. */
+SEC("iter/udp")
+int udp_destroy(struct svc_iter_udp *ctx)
+{
+	void *sk = ctx->udp_sk;
+
+	if (!sk)
+		return 0;
+	__u16 family = *(__u16 *)(sk + SKC_FAMILY);
+	struct svc_stale_key key = {};
+	key.port = *(__u16 *)(sk + SKC_DPORT);
+	if (family == SVC_AF_INET) {
+		key.addr[0] = *(__u32 *)(sk + SKC_DADDR);
+		key.family = SVC_FAMILY_V4;
+	} else if (family == SVC_AF_INET6) {
+		struct sock_common___svc *skc = sk;
+		key.addr[0] = skc->skc_v6_daddr.in6_u.u6_addr32[0];
+		key.addr[1] = skc->skc_v6_daddr.in6_u.u6_addr32[1];
+		key.addr[2] = skc->skc_v6_daddr.in6_u.u6_addr32[2];
+		key.addr[3] = skc->skc_v6_daddr.in6_u.u6_addr32[3];
+		key.family = SVC_FAMILY_V6;
+		/* An IPv6 socket connected to an IPv4 endpoint (::ffff:a.b.c.d). */
+		if (key.addr[0] == 0 && key.addr[1] == 0 && key.addr[2] == bpf_htonl(0xffff)) {
+			key.addr[0] = key.addr[3];
+			key.addr[2] = 0;
+			key.addr[3] = 0;
+			key.family = SVC_FAMILY_V4;
+		}
+	} else {
+		return 0;
+	}
+	if (!key.port || !bpf_map_lookup_elem(&v1_stale, &key))
+		return 0;
+	struct svc_rev_key rk = {};
+	rk.cookie = bpf_get_socket_cookie(sk);
+	rk.addr[0] = key.addr[0];
+	rk.addr[1] = key.addr[1];
+	rk.addr[2] = key.addr[2];
+	rk.addr[3] = key.addr[3];
+	rk.port = key.port;
+	rk.family = key.family;
+	if (!bpf_map_lookup_elem(&v1_rev, &rk))
+		return 0;
+	svc_sock_destroy(sk);
+	return 0;
 }

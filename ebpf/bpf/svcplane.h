@@ -91,6 +91,25 @@ struct svc_affinity_value {
 	__u64 last_used_ns; /* bpf_ktime_get_ns() */
 };
 
+/* v1_tcp_peer (socket storage): what a TCP socket connected to, for getpeername. Only
+ * written when the loader enables it (cfg_tcp_peer_vip): it is a write per connect. 40 bytes. */
+struct svc_peer {
+	struct svc_frontend fe;
+	struct svc_backend backend;
+};
+
+/* v1_stale key: an endpoint just removed from a UDP frontend; the udp iterator aborts
+ * connected UDP sockets this program pointed at it. 20 bytes. */
+struct svc_stale_key {
+	__u32 addr[4];
+	__u16 port; /* network order */
+	__u8 family;
+	__u8 pad;
+};
+
+/* Helper id the loader patches into a call of the kfunc bpf_sock_destroy. */
+#define SVC_KFUNC_SOCK_DESTROY_MARKER 0x7ffffff1
+
 /* The sizes ebpf/src/abi.rs asserts for its mirrors. */
 _Static_assert(sizeof(struct svc_frontend) == 20, "svc_frontend");
 _Static_assert(sizeof(struct svc_key) == 24, "svc_key");
@@ -100,5 +119,7 @@ _Static_assert(sizeof(struct svc_sticky_key) == 32, "svc_sticky_key");
 _Static_assert(sizeof(struct svc_rev_key) == 32, "svc_rev_key");
 _Static_assert(sizeof(struct svc_affinity_key) == 16, "svc_affinity_key");
 _Static_assert(sizeof(struct svc_affinity_value) == 32, "svc_affinity_value");
+_Static_assert(sizeof(struct svc_peer) == 40, "svc_peer");
+_Static_assert(sizeof(struct svc_stale_key) == 20, "svc_stale_key");
 
 #endif

@@ -93,6 +93,24 @@ pub(crate) struct SvcAffinityValue {
     pub(crate) last_used_ns: u64,
 }
 
+/// `struct svc_peer` (`v1_tcp_peer` socket storage).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SvcPeer {
+    pub(crate) fe: SvcFrontend,
+    pub(crate) backend: SvcBackend,
+}
+
+/// `struct svc_stale_key` (`v1_stale`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SvcStaleKey {
+    pub(crate) addr: [u32; 4],
+    pub(crate) port: u16,
+    pub(crate) family: u8,
+    pub(crate) pad: u8,
+}
+
 // SAFETY: all of these are #[repr(C)] structs of integers with no padding bytes (the sizes
 // asserted below equal the sum of their fields), so every bit pattern is valid and none is uninitialized.
 unsafe impl aya::Pod for SvcKey {}
@@ -110,6 +128,10 @@ unsafe impl aya::Pod for SvcRevKey {}
 unsafe impl aya::Pod for SvcAffinityKey {}
 // SAFETY: as above (the explicit `pad` field fills the hole before the u64).
 unsafe impl aya::Pod for SvcAffinityValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SvcPeer {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SvcStaleKey {}
 
 const _: () = assert!(std::mem::size_of::<SvcFrontend>() == 20);
 const _: () = assert!(std::mem::size_of::<SvcKey>() == 24);
@@ -119,6 +141,8 @@ const _: () = assert!(std::mem::size_of::<SvcStickyKey>() == 32);
 const _: () = assert!(std::mem::size_of::<SvcRevKey>() == 32);
 const _: () = assert!(std::mem::size_of::<SvcAffinityKey>() == 16);
 const _: () = assert!(std::mem::size_of::<SvcAffinityValue>() == 32);
+const _: () = assert!(std::mem::size_of::<SvcPeer>() == 40);
+const _: () = assert!(std::mem::size_of::<SvcStaleKey>() == 20);
 
 /// Address in the header's layout: network order, IPv4 in `addr[0]`.
 pub(crate) fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {

@@ -1,7 +1,7 @@
 //! Preflight, loading, attaching and pinning; adoption of pinned state; cleanup.
 //!
 //! Layout under the pin root (default `/sys/fs/bpf/svcplane/`):
-//! `v1_services`, `v1_rr`, `v1_udp_sticky`, `v1_rev`, `v1_affinity` (maps) and
+//! `v1_services`, `v1_rr`, `v1_udp_sticky`, `v1_rev`, `v1_affinity`, `v1_tcp_peer` (maps) and
 //! `links/v1_<program>` (one cgroup link per program). A start loads the programs against
 //! the pinned maps (creating them if absent), attaches them next to the links already
 //! there and renames the new link pins over the old ones: both run for a moment (the
@@ -20,19 +20,22 @@ use aya::{Ebpf, EbpfLoader};
 use crate::EbpfError;
 use crate::abi::{SvcKey, SvcValue};
 use crate::maps::BpfMaps;
+use crate::stale::{self, Purger};
 use crate::sync::FrontendSet;
 
 /// The compiled programs (`bpf/svcplane.bpf.c`, built by `build.rs`); empty when clang or
 /// libbpf's headers were missing at build time.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svcplane.bpf.o"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svcplane.bpf.o"));
 
 /// Map names in the object (and their pin names).
-pub(crate) const MAPS: [&str; 5] = [
+pub(crate) const MAPS: [&str; 6] = [
     "v1_services",
     "v1_rr",
     "v1_udp_sticky",
     "v1_rev",
     "v1_affinity",
+    "v1_tcp_peer",
 ];
 
 /// Programs in the object.
@@ -59,20 +62,32 @@ pub(crate) struct Loaded {
     pub(crate) maps: BpfMaps,
     pub(crate) current: FrontendSet,
     pub(crate) cgroup: PathBuf,
+    /// Aborts connected UDP sockets of removed endpoints; `None` where the kernel or the
+    /// object patch does not allow it.
+    pub(crate) purger: Option<Purger>,
 }
 
 /// Everything a start does before the first sync.
-pub(crate) fn load(pin_root: &Path, cgroup: Option<&Path>) -> Result<Loaded, EbpfError> {
+pub(crate) fn load(
+    pin_root: &Path,
+    cgroup: Option<&Path>,
+    tcp_peer_vip: bool,
+) -> Result<Loaded, EbpfError> {
     if OBJECT.is_empty() {
         return Err(EbpfError::NotBuilt);
     }
     let cgroup = preflight(pin_root, cgroup)?;
     let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, pin_root.join(m))).collect();
     let mut loader = EbpfLoader::new();
+    let tcp_peer_vip = u32::from(tcp_peer_vip);
+    loader.override_global("cfg_tcp_peer_vip", &tcp_peer_vip, true);
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut bpf = loader.load(OBJECT).map_err(classify)?;
+    let patched = stale::sock_destroy_btf_id()
+        .and_then(|(btf, id)| stale::patch_object(OBJECT, id).map(|o| (btf, o)));
+    let object: &[u8] = patched.as_ref().map_or(OBJECT, |(_, o)| &o[..]);
+    let mut bpf = loader.load(object).map_err(classify)?;
     attach_all(&mut bpf, pin_root, &cgroup)?;
     let services = bpf
         .take_map("v1_services")
@@ -87,10 +102,26 @@ pub(crate) fn load(pin_root: &Path, cgroup: Option<&Path>) -> Result<Loaded, Ebp
         name: "v1_services",
         source,
     })?;
+    let purger = match patched {
+        Some((btf, _)) => match Purger::new(bpf, &btf) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "bpf_sock_destroy unavailable: connected UDP sockets keep a removed endpoint until they reconnect");
+                None
+            }
+        },
+        None => {
+            tracing::warn!(
+                "no bpf_sock_destroy in this kernel: connected UDP sockets keep a removed endpoint until they reconnect"
+            );
+            None
+        }
+    };
     Ok(Loaded {
         maps,
         current,
         cgroup,
+        purger,
     })
 }
 

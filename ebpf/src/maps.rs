@@ -1,5 +1,7 @@
 //! The pinned services map behind [`MapOps`].
 
+use std::path::Path;
+
 use aya::maps::{HashMap, MapData, MapError};
 
 use crate::abi::{self, SvcKey, SvcValue};
@@ -28,6 +30,18 @@ impl BpfMaps {
         }
         Ok(set)
     }
+}
+
+/// What the pinned services map under `pin_root` routes, read without changing anything
+/// (for `svcplane status`; also from another process while the daemon runs or is down).
+pub fn read_frontends(pin_root: &Path) -> Result<FrontendSet, MapError> {
+    let data = MapData::from_pin(pin_root.join("v1_services"))?;
+    let map: HashMap<MapData, SvcKey, SvcValue> = HashMap::try_from(aya::maps::Map::HashMap(data))?;
+    let mut entries = Vec::new();
+    for kv in map.iter() {
+        entries.push(kv?);
+    }
+    Ok(sync::adopt(entries).0)
 }
 
 fn remove(map: &mut HashMap<MapData, SvcKey, SvcValue>, k: &SvcKey) -> Result<(), MapError> {

@@ -6,7 +6,7 @@
 //! [`Syncer`] keeps the content per Service port so that a snapshot costs work only for the
 //! ports it changed, and applies the operations through the [`MapOps`] seam.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -283,6 +283,8 @@ pub struct SyncReport {
     pub frontends: usize,
     /// Frontends two Service ports want; the first keeps it.
     pub conflicts: Vec<(Frontend, ServicePortKey)>,
+    /// Endpoints that left a UDP frontend (connected UDP sockets may still point there).
+    pub removed_udp: Vec<SocketAddr>,
 }
 
 /// Keeps the map content per Service port and applies snapshots as diffs.
@@ -297,6 +299,13 @@ pub struct Syncer {
     /// What the maps hold.
     state: FrontendSet,
     ids: IdAlloc,
+    /// Endpoints removed from UDP frontends during the current sync.
+    removed_udp: Vec<SocketAddr>,
+    /// Frontends a port wanted while another port held them: it gets them when they are
+    /// released.
+    blocked: HashMap<Frontend, ServicePortKey>,
+    /// Frontends released during the current sync while another port waits for them.
+    released: Vec<Frontend>,
 }
 
 impl Syncer {
@@ -314,6 +323,9 @@ impl Syncer {
             owners: HashMap::new(),
             state: current,
             ids,
+            removed_udp: Vec::new(),
+            blocked: HashMap::new(),
+            released: Vec::new(),
         }
     }
 
@@ -341,8 +353,10 @@ impl Syncer {
         maps: &mut M,
     ) -> Result<SyncReport, M::Error> {
         let mut report = SyncReport::default();
+        self.removed_udp.clear();
+        self.released.clear();
         let changes: Vec<Change<ServicePortKey, Arc<PortView>>> = match &self.prev {
-            Some(prev) => svcplane_config::diff(prev, snap).ports,
+            Some(prev) => changed_ports(prev.ports(), snap.ports()),
             None => snap
                 .ports()
                 .iter()
@@ -355,67 +369,136 @@ impl Syncer {
         self.claim_probe(&mut ops, &mut report);
         self.apply(&mut ops, maps, &mut report)?;
         // Removals first, so a frontend moving between ports is free when claimed.
-        let mut wanted: Vec<(ServicePortKey, Vec<(Frontend, FrontendState)>)> = Vec::new();
-        for c in &changes {
+        let wanted = self.release_unwanted(&changes, &mut ops);
+        self.apply(&mut ops, maps, &mut report)?;
+        if full {
+            self.release_leftovers(&wanted, &mut ops);
+            self.apply(&mut ops, maps, &mut report)?;
+        }
+        for (key, want) in wanted {
+            self.claim(key, want, &mut ops, &mut report);
+            self.apply(&mut ops, maps, &mut report)?;
+        }
+        // Frontends released while another port waited for them pass to that port in
+        // place (never invisible); those nobody takes are deleted.
+        let handover = std::mem::take(&mut self.released);
+        let waiting: BTreeSet<ServicePortKey> = handover
+            .iter()
+            .filter(|fe| !self.owners.contains_key(fe))
+            .filter_map(|fe| self.blocked.remove(fe))
+            .collect();
+        for key in waiting {
+            if let Some(view) = snap.port(&key) {
+                let want = self.wanted(view);
+                self.claim(key, want, &mut ops, &mut report);
+            }
+        }
+        for fe in handover {
+            if !self.owners.contains_key(&fe) {
+                self.delete(fe, &mut ops);
+            }
+        }
+        self.apply(&mut ops, maps, &mut report)?;
+        self.prev = Some(Arc::clone(snap));
+        report.frontends = self.state.len();
+        let mut removed = std::mem::take(&mut self.removed_udp);
+        removed.sort();
+        removed.dedup();
+        report.removed_udp = removed;
+        Ok(report)
+    }
+
+    /// The frontends each changed port wants; deletes those its ports no longer want.
+    fn release_unwanted(
+        &mut self,
+        changes: &[Change<ServicePortKey, Arc<PortView>>],
+        ops: &mut Vec<MapOp>,
+    ) -> Vec<(ServicePortKey, Vec<(Frontend, FrontendState)>)> {
+        let mut wanted = Vec::with_capacity(changes.len());
+        for c in changes {
             let (key, want) = match c {
                 Change::Removed(k) => (k, Vec::new()),
                 Change::Added(k, v) | Change::Changed(k, v) => (k, self.wanted(v)),
             };
             let keep: BTreeSet<Frontend> = want.iter().map(|(f, _)| *f).collect();
             for fe in self.ports.remove(key).unwrap_or_default() {
-                if keep.contains(&fe) {
-                    continue;
+                if !keep.contains(&fe) {
+                    self.release(fe, ops);
                 }
-                self.release(fe, &mut ops);
             }
             wanted.push((key.clone(), want));
         }
-        self.apply(&mut ops, maps, &mut report)?;
-        if full {
-            let claimed: std::collections::HashSet<Frontend> = wanted
-                .iter()
-                .flat_map(|(_, w)| w.iter().map(|(f, _)| *f))
-                .collect();
-            let leftovers: Vec<Frontend> = self
-                .state
-                .keys()
-                .filter(|fe| !self.owners.contains_key(fe) && !claimed.contains(fe))
-                .copied()
-                .collect();
-            for fe in leftovers {
-                self.release(fe, &mut ops);
-            }
-            self.apply(&mut ops, maps, &mut report)?;
+        wanted
+    }
+
+    /// On a full sync: deletes adopted frontends no port wants.
+    fn release_leftovers(
+        &mut self,
+        wanted: &[(ServicePortKey, Vec<(Frontend, FrontendState)>)],
+        ops: &mut Vec<MapOp>,
+    ) {
+        let claimed: HashSet<Frontend> = wanted
+            .iter()
+            .flat_map(|(_, w)| w.iter().map(|(f, _)| *f))
+            .collect();
+        let leftovers: Vec<Frontend> = self
+            .state
+            .keys()
+            .filter(|fe| !self.owners.contains_key(fe) && !claimed.contains(fe))
+            .copied()
+            .collect();
+        for fe in leftovers {
+            self.release(fe, ops);
         }
-        for (key, want) in wanted {
-            let mut owned = Vec::with_capacity(want.len());
-            for (fe, mut next) in want {
-                match self.owners.get(&fe) {
-                    Some(owner) if *owner != key => {
-                        report.conflicts.push((fe, key.clone()));
-                        continue;
-                    }
-                    _ => {}
-                }
-                let prev = self.state.get(&fe);
-                next.id = match prev {
-                    Some(p) => p.id,
-                    None => self.ids.alloc(),
-                };
-                next.endpoints = place(prev.map_or(&[][..], |p| &p.endpoints[..]), &next.endpoints);
-                diff_one(fe, prev, Some(&next), &mut ops);
-                self.owners.insert(fe, key.clone());
-                self.state.insert(fe, next);
-                owned.push(fe);
+    }
+
+    /// Writes (or rewrites) the frontends a port wants, except those another port owns.
+    fn claim(
+        &mut self,
+        key: ServicePortKey,
+        want: Vec<(Frontend, FrontendState)>,
+        ops: &mut Vec<MapOp>,
+        report: &mut SyncReport,
+    ) {
+        let mut owned = Vec::with_capacity(want.len());
+        for (fe, mut next) in want {
+            if self.owners.get(&fe).is_some_and(|owner| *owner != key) {
+                report.conflicts.push((fe, key.clone()));
+                self.blocked.insert(fe, key.clone());
+                continue;
             }
-            if !owned.is_empty() {
-                self.ports.insert(key, owned);
+            let prev = self.state.get(&fe);
+            next.id = match prev {
+                Some(p) => p.id,
+                None => self.ids.alloc(),
+            };
+            next.endpoints = place(prev.map_or(&[][..], |p| &p.endpoints[..]), &next.endpoints);
+            if let Some(p) = prev
+                && fe.protocol == Protocol::Udp
+            {
+                let now: HashSet<&SocketAddr> = next.endpoints.iter().collect();
+                self.removed_udp
+                    .extend(p.endpoints.iter().filter(|e| !now.contains(e)).copied());
             }
-            self.apply(&mut ops, maps, &mut report)?;
+            diff_one(fe, prev, Some(&next), ops);
+            self.owners.insert(fe, key.clone());
+            self.state.insert(fe, next);
+            owned.push(fe);
         }
-        self.prev = Some(Arc::clone(snap));
-        report.frontends = self.state.len();
-        Ok(report)
+        if !owned.is_empty() {
+            self.ports.insert(key, owned);
+        }
+    }
+
+    /// Drops a port's ownership of a frontend and deletes it, unless another port waits
+    /// for it: then it stays visible until that port takes it (end of the sync).
+    fn release(&mut self, fe: Frontend, ops: &mut Vec<MapOp>) {
+        self.owners.remove(&fe);
+        if self.blocked.contains_key(&fe) {
+            self.released.push(fe);
+        } else {
+            self.delete(fe, ops);
+        }
     }
 
     /// Writes the self-test frontend unless it is already there, owned by the self-test.
@@ -453,11 +536,13 @@ impl Syncer {
     }
 
     /// Deletes a frontend from the maps and the bookkeeping.
-    fn release(&mut self, fe: Frontend, ops: &mut Vec<MapOp>) {
-        self.owners.remove(&fe);
+    fn delete(&mut self, fe: Frontend, ops: &mut Vec<MapOp>) {
         if let Some(prev) = self.state.remove(&fe) {
             diff_one(fe, Some(&prev), None, ops);
             self.ids.free(prev.id);
+            if fe.protocol == Protocol::Udp {
+                self.removed_udp.extend(prev.endpoints);
+            }
         }
     }
 
@@ -536,6 +621,58 @@ impl Syncer {
     }
 }
 
+/// The Service ports that differ between two snapshots. A merge walk like
+/// `svcplane_config::diff`, but a shared `Arc<PortView>` (the common case: the config crate
+/// reuses what a reload did not touch) is skipped without comparing keys, since the view
+/// holds its key; so a change costs a pointer comparison per port plus the changed ones.
+fn changed_ports(
+    a: &BTreeMap<ServicePortKey, Arc<PortView>>,
+    b: &BTreeMap<ServicePortKey, Arc<PortView>>,
+) -> Vec<Change<ServicePortKey, Arc<PortView>>> {
+    let mut out = Vec::new();
+    let mut ia = a.iter().peekable();
+    let mut ib = b.iter().peekable();
+    loop {
+        let (ka, va, kb, vb) = match (ia.peek(), ib.peek()) {
+            (None, None) => break,
+            (Some((ka, _)), None) => {
+                out.push(Change::Removed((*ka).clone()));
+                ia.next();
+                continue;
+            }
+            (None, Some((kb, vb))) => {
+                out.push(Change::Added((*kb).clone(), Arc::clone(vb)));
+                ib.next();
+                continue;
+            }
+            (Some((ka, va)), Some((kb, vb))) => (*ka, *va, *kb, *vb),
+        };
+        if Arc::ptr_eq(va, vb) {
+            ia.next();
+            ib.next();
+            continue;
+        }
+        match ka.cmp(kb) {
+            std::cmp::Ordering::Less => {
+                out.push(Change::Removed(ka.clone()));
+                ia.next();
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(Change::Added(kb.clone(), Arc::clone(vb)));
+                ib.next();
+            }
+            std::cmp::Ordering::Equal => {
+                if va != vb {
+                    out.push(Change::Changed(kb.clone(), Arc::clone(vb)));
+                }
+                ia.next();
+                ib.next();
+            }
+        }
+    }
+    out
+}
+
 /// Frontend ids: the lowest free one, so the round-robin array stays dense.
 #[derive(Debug, Default)]
 struct IdAlloc {
@@ -595,6 +732,8 @@ mod tests {
         /// Endpoints each frontend may show (its old and new ones).
         allowed: HashMap<Frontend, BTreeSet<SocketAddr>>,
         steps: usize,
+        /// Fail (without applying) the operation with this step number.
+        fail_at: Option<usize>,
     }
 
     #[derive(Clone, Debug, PartialEq, Eq)]
@@ -725,10 +864,41 @@ mod tests {
         type Error = FakeError;
 
         fn apply(&mut self, op: &MapOp) -> Result<(), FakeError> {
+            if self.fail_at == Some(self.steps) {
+                return Err(FakeError);
+            }
             self.put(op);
             self.steps += 1;
             self.check(op);
             Ok(())
+        }
+    }
+
+    impl FakeMaps {
+        /// What `BpfMaps::adopt` does: the raw entries through `adopt`, orphans removed.
+        fn adopt(&mut self) -> FrontendSet {
+            let entries: Vec<(SvcKey, SvcValue)> = self
+                .entries
+                .iter()
+                .map(|((fe, slot), e)| {
+                    let v = match e {
+                        Entry::Front { count, id, timeout } => SvcValue {
+                            count: *count,
+                            fe_id: *id,
+                            affinity_timeout: *timeout,
+                            ..SvcValue::default()
+                        },
+                        Entry::Endpoint(b) => abi::endpoint_value(*b),
+                    };
+                    (key_of(*fe, *slot), v)
+                })
+                .collect();
+            let (set, orphans) = adopt(entries);
+            for k in orphans {
+                let fe = frontend_of_key(&k).unwrap();
+                self.entries.remove(&(fe, k.slot));
+            }
+            set
         }
     }
 
@@ -953,6 +1123,39 @@ endpoints:
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// A map write fails in the middle of a sync: what is left is consistent at every
+        /// step, and a syncer rebuilt from the maps' content finishes the job.
+        #[test]
+        fn a_failed_sync_is_finished_from_the_adopted_content(
+            a in services(),
+            b in services(),
+            fail_at in 0usize..40,
+        ) {
+            let mut m = Manifests::new();
+            let snap_a = m.snapshot(&yaml(&a));
+            let snap_b = m.snapshot(&yaml(&b));
+            let mut maps = FakeMaps::default();
+            let mut s = Syncer::new(node(), FrontendSet::new());
+            s.sync(&snap_a, &mut maps).unwrap();
+            let before = maps.content();
+            let want = from_scratch(&snap_b);
+            maps.expect(&before, &want);
+            maps.fail_at = Some(maps.steps + fail_at);
+            if s.sync(&snap_b, &mut maps).is_err() {
+                maps.fail_at = None;
+                let current = maps.adopt();
+                // Frontends in both a and b stayed visible through the failure (checked by
+                // the fake); the retry keeps them visible too.
+                let mut again = Syncer::new(node(), current);
+                again.sync(&snap_b, &mut maps).unwrap();
+            }
+            prop_assert_eq!(endpoints_only(&maps.content()), endpoints_only(&want));
+        }
+    }
+
     #[test]
     fn one_endpoint_change_costs_the_same_at_any_size() {
         let mut costs = Vec::new();
@@ -975,6 +1178,50 @@ endpoints:
         // (ClusterIP and 127.0.0.1:nodePort, TCP and UDP).
         assert_eq!(costs[0], costs[1]);
         assert_eq!(costs[0], (2, 4));
+    }
+
+    #[test]
+    fn a_frontend_two_ports_want_stays_with_the_first_then_passes_on() {
+        let web = yaml(&[(1, vec![(1, true)], false)]);
+        // An externalIP + port equal to node address 127.0.0.1 × web's nodePort 30001.
+        let other = "---
+apiVersion: v1
+kind: Service
+metadata: {name: zz, namespace: default}
+spec:
+  clusterIP: 10.96.2.1
+  externalIPs: [127.0.0.1]
+  ports: [{port: 30001, targetPort: 9}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: zz, namespace: default, labels: {kubernetes.io/service-name: zz}}
+addressType: IPv4
+ports: [{port: 9}]
+endpoints:
+- {addresses: [10.0.0.9]}
+";
+        let mut m = Manifests::new();
+        let snap = m.snapshot(&format!("{web}{other}"));
+        let mut maps = FakeMaps::default();
+        let mut s = Syncer::new(node(), FrontendSet::new());
+        let report = s.sync(&snap, &mut maps).unwrap();
+        let contested = Frontend {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            port: 30001,
+            protocol: Protocol::Tcp,
+        };
+        assert_eq!(report.conflicts.len(), 1, "{report:?}");
+        assert_eq!(report.conflicts[0].0, contested);
+        assert_eq!(&*report.conflicts[0].1.service.name, "zz");
+        assert_eq!(maps.content()[&contested].endpoints, vec![ep(1)]);
+        // web goes away: zz takes the frontend in the same sync.
+        let snap = m.snapshot(other);
+        let before = maps.content();
+        maps.expect(&before, &from_scratch(&snap));
+        s.sync(&snap, &mut maps).unwrap();
+        let nine = SocketAddr::new(IpAddr::from([10, 0, 0, 9]), 9);
+        assert_eq!(maps.content()[&contested].endpoints, vec![nine]);
     }
 
     #[test]

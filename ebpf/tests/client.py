@@ -74,7 +74,7 @@ def main():
                 print(f"ERR {e}", flush=True)
     elif cmd == "udp-connect-wait":
         # A connected socket: a datagram; once the file named by arg exists another one;
-        # then connect() again and one more.
+        # then, as an application does after an error, a new connected socket and one more.
         import os
         s = socket.socket(family(host), socket.SOCK_DGRAM)
         s.settimeout(2)
@@ -85,6 +85,9 @@ def main():
                 while not os.path.exists(arg) and time.monotonic() < deadline:
                     time.sleep(0.01)
             if i == 2:
+                s.close()
+                s = socket.socket(family(host), socket.SOCK_DGRAM)
+                s.settimeout(2)
                 s.connect((host, port))
             try:
                 s.send(f"m{i}".encode())

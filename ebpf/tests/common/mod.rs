@@ -285,7 +285,12 @@ impl Env {
     }
 
     pub async fn start(&self) -> EbpfDataPlane {
-        EbpfDataPlane::start(self.options(), self.tx.subscribe())
+        self.start_with(svcplane_ebpf::EbpfFeatures::default())
+            .await
+    }
+
+    pub async fn start_with(&self, features: svcplane_ebpf::EbpfFeatures) -> EbpfDataPlane {
+        EbpfDataPlane::start_with(self.options(), features, self.tx.subscribe())
             .await
             .expect("start the eBPF data plane")
     }

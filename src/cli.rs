@@ -152,6 +152,10 @@ pub(crate) struct RunArgs {
     /// Directory on bpffs where the ebpf mode pins its maps and links (mounted if needed).
     #[arg(long, value_name = "DIR", default_value = svcplane_ebpf::DEFAULT_PIN_ROOT)]
     pub(crate) bpf_pin_root: PathBuf,
+    /// ebpf mode: TCP getpeername() shows the frontend, not the endpoint (costs a
+    /// socket-storage write per balanced TCP connect).
+    #[arg(long)]
+    pub(crate) bpf_tcp_getpeername_vip: bool,
     /// Seconds established connections may take to finish on SIGTERM/SIGINT [default: 30].
     #[arg(long, value_name = "SECS")]
     pub(crate) drain_timeout: Option<u64>,

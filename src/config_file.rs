@@ -119,6 +119,14 @@ fn file_flags(run: &Command, given: &ArgMatches, text: &str) -> Result<Vec<Strin
         ) {
             continue;
         }
+        if matches!(arg.get_action(), ArgAction::SetTrue) {
+            match value {
+                Value::Bool(true) => out.push(format!("--{key}")),
+                Value::Bool(false) => {}
+                _ => return Err(format!("key `{key}`: expected true or false")),
+            }
+            continue;
+        }
         let multiple = matches!(arg.get_action(), ArgAction::Append);
         let values: Vec<String> = match value {
             Value::Array(items) if multiple => items
@@ -217,12 +225,13 @@ mod tests {
 
     #[test]
     fn file_supplies_flags_and_the_command_line_wins() {
-        let file = "manifests: /m\nmode: none\nnode-ip: [10.0.0.1, '::1']\ndns-ttl: 30\nadmin-listen: 127.0.0.1:1\n";
+        let file = "manifests: /m\nmode: none\nnode-ip: [10.0.0.1, '::1']\ndns-ttl: 30\nadmin-listen: 127.0.0.1:1\nbpf-tcp-getpeername-vip: true\n";
         let r = run_args(parse_with(&[], file).unwrap());
         assert_eq!(r.manifests, Path::new("/m"));
         assert_eq!(r.mode, Mode::None);
         assert_eq!(r.node_ips.len(), 2);
         assert_eq!(r.dns_ttl, 30);
+        assert!(r.bpf_tcp_getpeername_vip);
         let r = run_args(
             parse_with(
                 &[
@@ -279,6 +288,10 @@ mod tests {
             ("manifests: [/m\n", "--config /etc/sp.yaml: line"),
             ("- manifests\n", "expected a mapping"),
             ("config: other.yaml\n", "unknown key `config`"),
+            (
+                "manifests: /m\nbpf-tcp-getpeername-vip: sure\n",
+                "expected true or false",
+            ),
         ] {
             let err = parse_with(&[], file)
                 .err()

@@ -10,7 +10,7 @@ use svcplane_config::{
     AllocOptions, Change, Loader, ManifestWatcher, ParseOptions, Snapshot, diff,
 };
 use svcplane_dns::{DnsCollector, DnsConfig, DnsOptions, DnsServer, DnsSource};
-use svcplane_ebpf::{EbpfCollector, EbpfDataPlane, EbpfOptions};
+use svcplane_ebpf::{EbpfCollector, EbpfDataPlane, EbpfFeatures, EbpfOptions};
 use svcplane_proxy::{Probe, ProxyOptions, UserspaceProxy, VipAddrs};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -158,7 +158,10 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
                 node_ips: node_ips.clone(),
                 probe: probe.as_ref().map(|p| (p.frontend, p.backend_addr())),
             };
-            let ebpf = EbpfDataPlane::start(opts, plane_rx)
+            let features = EbpfFeatures {
+                tcp_getpeername_vip: args.bpf_tcp_getpeername_vip,
+            };
+            let ebpf = EbpfDataPlane::start_with(opts, features, plane_rx)
                 .await
                 .context("cannot start the eBPF data plane")?;
             let ips: Vec<String> = node_ips.iter().map(|ip| ip.to_string()).collect();

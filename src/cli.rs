@@ -27,6 +27,65 @@ pub(crate) enum Command {
     /// The embedded default: built-in backends and example Services on loopback, the
     /// userspace data plane and DNS; prints what to try. No root needed.
     Demo(DemoArgs),
+    /// Benchmark the proxy modes side by side (root): builds its own namespaces, backends
+    /// and load generator, measures every mode interleaved over the runs, and writes
+    /// results.json, results.md and ratios.svg into --out.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Modes to measure, comma-separated: direct (the client to one backend: the limit),
+    /// userspace, ebpf, iptables and nftables (kube-proxy's rulesets), haproxy (mode tcp,
+    /// one thread). Ratios are to direct.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,userspace,iptables,haproxy"
+    )]
+    pub(crate) modes: Vec<svcplane_bench::Mode>,
+    /// Filler Service counts (10 unroutable endpoints each), comma-separated; every mode is
+    /// measured at each count, with the measured Service last.
+    #[arg(long, value_delimiter = ',', default_value = "0,1000,10000")]
+    pub(crate) services: Vec<u32>,
+    /// Tests, comma-separated: conn (new connections/s), keepalive (requests/s), latency
+    /// (p50/p99/p99.9 at --rate), bulk (Gbit/s), program (cold load, one endpoint change).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "conn,keepalive,latency,bulk,program"
+    )]
+    pub(crate) tests: Vec<svcplane_bench::Test>,
+    /// Seconds per test and mode.
+    #[arg(long, value_name = "S", default_value_t = 2.0)]
+    pub(crate) duration: f64,
+    /// Interleaved runs (A B C, B C A, ...); figures are median [min–max] over them.
+    #[arg(long, value_name = "R", default_value_t = 3)]
+    pub(crate) runs: usize,
+    /// Output directory.
+    #[arg(long, value_name = "DIR", default_value = "bench-results")]
+    pub(crate) out: PathBuf,
+    /// Refuse to start above this 1-minute load average.
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    pub(crate) max_load: f64,
+    /// Concurrent connections of the conn and keepalive tests.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub(crate) connections: usize,
+    /// Offered requests/s of the latency test.
+    #[arg(long, value_name = "REQ/S", default_value_t = 5000)]
+    pub(crate) rate: u32,
+    /// MiB per request of the bulk test.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub(crate) bulk_mib: u64,
+    /// CPU of the data plane under test (daemons, HAProxy).
+    #[arg(long, value_name = "CPU", default_value_t = 0)]
+    pub(crate) proxy_cpu: usize,
+    /// CPU of the load generator and the backends.
+    #[arg(long, value_name = "CPU", default_value_t = 1)]
+    pub(crate) load_cpu: usize,
+    /// Seconds of discarded load before each mode's measurements.
+    #[arg(long, value_name = "S", default_value_t = 0.5)]
+    pub(crate) warmup: f64,
 }
 
 #[derive(Debug, Args)]

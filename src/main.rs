@@ -2,8 +2,8 @@
 //! snapshots and endpoint selection live in `svcplane-config`; data planes live in their own
 //! crates.
 //!
-//! Commands in this build: `run` (modes `userspace` and `none`), `check`, `status` and
-//! `demo`.
+//! Commands in this build: `run` (modes `userspace` and `none`), `check`, `status`,
+//! `demo` and `bench`.
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 mod admin;
+mod bench;
 mod check;
 mod cli;
 mod demo;
@@ -26,5 +27,6 @@ fn main() -> ExitCode {
         cli::Command::Check(args) => check::main(args),
         cli::Command::Demo(args) => demo::main(args),
         cli::Command::Status(args) => status::main(args),
+        cli::Command::Bench(args) => bench::main(args),
     }
 }

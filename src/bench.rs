@@ -32,6 +32,8 @@ pub(crate) fn main(args: BenchArgs) -> ExitCode {
         warmup: secs(args.warmup),
         svcplane,
         svcplane_version: env!("CARGO_PKG_VERSION").to_string(),
+        dns: args.dns,
+        dns_rate: args.dns_rate,
     };
     match svcplane_bench::run(&config) {
         Ok(table) => {

@@ -86,6 +86,13 @@ pub(crate) struct BenchArgs {
     /// Seconds of discarded load before each mode's measurements.
     #[arg(long, value_name = "S", default_value_t = 0.5)]
     pub(crate) warmup: f64,
+    /// Cluster DNS against Knot on the same records (QPS, p50/p99): auto runs it when
+    /// knotd is installed.
+    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    pub(crate) dns: svcplane_bench::DnsChoice,
+    /// Offered queries/s of the DNS latency test.
+    #[arg(long, value_name = "QPS", default_value_t = 20000)]
+    pub(crate) dns_rate: u32,
 }
 
 #[derive(Debug, Args)]

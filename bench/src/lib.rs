@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod dns;
 pub mod error;
 pub mod load;
 pub mod modes;
@@ -22,7 +23,7 @@ pub mod topology;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use error::{BenchError, Result};
@@ -55,6 +56,41 @@ pub struct BenchConfig {
     /// The `svcplane` binary, re-executed for the userspace and ebpf modes.
     pub svcplane: PathBuf,
     pub svcplane_version: String,
+    /// Also measure cluster DNS against Knot.
+    pub dns: DnsChoice,
+    /// Offered queries/s of the DNS latency test.
+    pub dns_rate: u32,
+}
+
+/// Whether to run the DNS comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsChoice {
+    /// When `knotd` is installed.
+    Auto,
+    On,
+    Off,
+}
+
+impl std::str::FromStr for DnsChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DnsChoice, String> {
+        match s {
+            "auto" => Ok(DnsChoice::Auto),
+            "on" => Ok(DnsChoice::On),
+            "off" => Ok(DnsChoice::Off),
+            _ => Err(format!("{s:?}: expected auto, on or off")),
+        }
+    }
+}
+
+impl BenchConfig {
+    fn runs_dns(&self) -> bool {
+        match self.dns {
+            DnsChoice::On => true,
+            DnsChoice::Off => false,
+            DnsChoice::Auto => sys::have_tool("knotd"),
+        }
+    }
 }
 
 /// Runs the whole benchmark; writes the outputs into `config.out` and returns the markdown
@@ -92,9 +128,13 @@ pub fn run(config: &BenchConfig) -> Result<String> {
         cgroup: cgroup.as_ref(),
     };
     let mut records = Vec::new();
-    let outcome = measure_all(config, &ctx, &mut records);
+    let mut dns_records = Vec::new();
+    let mut outcome = measure_all(config, &ctx, &mut records);
     drop(backends);
-    let md = write_outputs(config, &machine, &records)?;
+    if outcome.is_ok() && config.runs_dns() {
+        outcome = measure_dns(config, &topo, &work.0, &mut dns_records);
+    }
+    let md = write_outputs(config, &machine, &records, &dns_records)?;
     outcome.map(|()| md)
 }
 
@@ -224,6 +264,66 @@ fn measure_slot(
     Ok(())
 }
 
+fn measure_dns(
+    config: &BenchConfig,
+    topo: &topology::Topology,
+    work: &std::path::Path,
+    records: &mut Vec<report::DnsRecord>,
+) -> Result<()> {
+    use dns::DnsServer;
+    let ctx = dns::DnsCtx {
+        node_ns: topo.node.name(),
+        svcplane: &config.svcplane,
+        work,
+        proxy_cpu: config.proxy_cpu,
+        load_cpu: config.load_cpu,
+        duration: config.duration,
+        rate: config.dns_rate,
+    };
+    let servers = [DnsServer::Svcplane, DnsServer::Knot];
+    let slots = config.runs * config.services.len() * 2;
+    let (started, mut slot) = (Instant::now(), 0);
+    for run in 0..config.runs {
+        for &fillers in &config.services {
+            // The measured Service plus the fillers, as in the proxy tests.
+            let services = fillers + 1;
+            if run == 0 {
+                progress(
+                    started,
+                    slot,
+                    slots,
+                    &format!("dns {services} services: comparing answers"),
+                );
+                dns::compare(&ctx, services)?;
+            }
+            for server in stats::interleave(&servers, run) {
+                slot += 1;
+                progress(
+                    started,
+                    slot,
+                    slots,
+                    &format!(
+                        "dns run {}/{} services {services} {}",
+                        run + 1,
+                        config.runs,
+                        server.name()
+                    ),
+                );
+                let (figures, lost) = dns::measure(&ctx, server, services)?;
+                records.push(report::DnsRecord {
+                    server,
+                    run,
+                    services: fillers,
+                    figures,
+                    lost,
+                });
+            }
+        }
+    }
+    eprintln!();
+    Ok(())
+}
+
 fn progress(started: Instant, slot: usize, slots: usize, what: &str) {
     let elapsed = started.elapsed().as_secs();
     eprint!(
@@ -233,8 +333,14 @@ fn progress(started: Instant, slot: usize, slots: usize, what: &str) {
     );
 }
 
-fn write_outputs(config: &BenchConfig, machine: &Machine, records: &[Record]) -> Result<String> {
+fn write_outputs(
+    config: &BenchConfig,
+    machine: &Machine,
+    records: &[Record],
+    dns_records: &[report::DnsRecord],
+) -> Result<String> {
     let cells = report::summarize(records);
+    let dns_cells = report::summarize_dns(dns_records);
     let out = &config.out;
     let json = serde_json::json!({
         "machine": machine,
@@ -249,9 +355,13 @@ fn write_outputs(config: &BenchConfig, machine: &Machine, records: &[Record]) ->
             "bulk_bytes": config.bulk_bytes,
             "proxy_cpu": config.proxy_cpu,
             "load_cpu": config.load_cpu,
+            "dns": config.runs_dns(),
+            "dns_rate_per_s": config.dns_rate,
         },
         "records": records,
         "summary": cells,
+        "dns_records": dns_records,
+        "dns_summary": dns_cells,
     });
     let path = out.join("results.json");
     let text = serde_json::to_string_pretty(&json).map_err(|e| BenchError::Output {
@@ -260,7 +370,10 @@ fn write_outputs(config: &BenchConfig, machine: &Machine, records: &[Record]) ->
     })?;
     std::fs::write(&path, text)
         .map_err(|e| BenchError::io(format!("write {}", path.display()), e))?;
-    let md = report::markdown(machine, records, &cells, &config.modes);
+    let mut md = report::markdown(machine, records, &cells, &config.modes);
+    if !dns_records.is_empty() {
+        md.push_str(&report::dns_markdown(dns_records, &dns_cells));
+    }
     let path = out.join("results.md");
     std::fs::write(&path, &md)
         .map_err(|e| BenchError::io(format!("write {}", path.display()), e))?;
@@ -316,6 +429,9 @@ pub fn preflight(config: &BenchConfig) -> Result<()> {
              data plane yet (leave ebpf out of --modes)",
             config.svcplane.display()
         ));
+    }
+    if config.dns == DnsChoice::On && !sys::have_tool("knotd") {
+        return refuse("--dns on: knotd is missing (apt-get install -y knot)".into());
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if config.proxy_cpu >= cpus || config.load_cpu >= cpus {
@@ -395,6 +511,8 @@ impl WorkDir {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| BenchError::io(format!("mkdir {}", dir.display()), e))?;
+        topology::install_signal_cleanup();
+        topology::register_dir(dir.clone());
         Ok(WorkDir(dir))
     }
 }
@@ -405,9 +523,4 @@ impl Drop for WorkDir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
-}
-
-/// Where the work directory of this process lives (for messages).
-pub fn work_dir_hint() -> &'static Path {
-    Path::new("/tmp/svcplane-bench-<pid>")
 }

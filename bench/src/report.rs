@@ -167,6 +167,109 @@ pub fn markdown(machine: &Machine, records: &[Record], cells: &[Cell], modes: &[
     out
 }
 
+/// One DNS measurement: a server at a services count in a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DnsRecord {
+    pub server: crate::dns::DnsServer,
+    pub run: usize,
+    pub services: u32,
+    pub figures: Figures,
+    /// Queries without an answer.
+    pub lost: u64,
+}
+
+/// One summarized DNS cell, with the ratio to Knot's median.
+#[derive(Clone, Debug, Serialize)]
+pub struct DnsCell {
+    pub server: crate::dns::DnsServer,
+    pub services: u32,
+    pub figure: String,
+    #[serde(flatten)]
+    pub summary: Summary,
+    pub ratio_to_knot: Option<f64>,
+}
+
+/// Summaries of the DNS records with ratios to Knot.
+pub fn summarize_dns(records: &[DnsRecord]) -> Vec<DnsCell> {
+    use crate::dns::DnsServer;
+    let mut groups: BTreeMap<(u32, DnsServer, String), Vec<f64>> = BTreeMap::new();
+    for r in records {
+        for (name, v) in &r.figures {
+            groups
+                .entry((r.services, r.server, name.clone()))
+                .or_default()
+                .push(*v);
+        }
+    }
+    let medians: BTreeMap<(u32, DnsServer, String), Summary> = groups
+        .iter()
+        .filter_map(|(k, v)| stats::summarize(v).map(|s| (k.clone(), s)))
+        .collect();
+    medians
+        .iter()
+        .map(|((services, server, figure), summary)| DnsCell {
+            server: *server,
+            services: *services,
+            figure: figure.clone(),
+            summary: *summary,
+            ratio_to_knot: medians
+                .get(&(*services, DnsServer::Knot, figure.clone()))
+                .and_then(|b| stats::ratio(summary.median, b.median)),
+        })
+        .collect()
+}
+
+/// The DNS table of `results.md`.
+pub fn dns_markdown(records: &[DnsRecord], cells: &[DnsCell]) -> String {
+    use crate::dns::DnsServer;
+    const COLS: [(&str, &str); 5] = [
+        ("QPS", "qps"),
+        ("server CPU µs/query", "server_cpu_us_per_query"),
+        ("p50 µs", "p50_us"),
+        ("p99 µs", "p99_us"),
+        ("p99.9 µs", "p999_us"),
+    ];
+    let mut out = String::from(
+        "\n## Cluster DNS: svcplane vs Knot (same A records; ratio to Knot)\n\n| services | server |",
+    );
+    for (h, _) in COLS {
+        let _ = write!(out, " {h} |");
+    }
+    out.push_str(" lost |\n| ---: | --- |");
+    for _ in 0..=COLS.len() {
+        out.push_str(" ---: |");
+    }
+    out.push('\n');
+    let mut counts: Vec<u32> = records.iter().map(|r| r.services).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    for n in counts {
+        for server in [DnsServer::Svcplane, DnsServer::Knot] {
+            let _ = write!(out, "| {n} | {} |", server.name());
+            for (_, fig) in COLS {
+                let text = cells
+                    .iter()
+                    .find(|c| c.services == n && c.server == server && c.figure == fig)
+                    .map_or("–".to_string(), |c| {
+                        let ratio = match c.ratio_to_knot {
+                            Some(r) if server != DnsServer::Knot => format!(" ({r:.2}x)"),
+                            _ => String::new(),
+                        };
+                        format!("{}{ratio}", stats::fmt_summary(&c.summary))
+                    });
+                let _ = write!(out, " {text} |");
+            }
+            let lost: u64 = records
+                .iter()
+                .filter(|r| r.services == n && r.server == server)
+                .map(|r| r.lost)
+                .sum();
+            let _ = writeln!(out, " {lost} |");
+        }
+    }
+    out
+}
+
 /// The figures drawn in `ratios.svg`.
 const CHART: [(&str, Test, &str); 5] = [
     ("conn/s", Test::Conn, "conn_per_s"),

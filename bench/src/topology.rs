@@ -45,6 +45,7 @@ struct Registry {
     netns: Vec<String>,
     pids: Vec<u32>,
     cgroups: Vec<CgroupRecord>,
+    dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +59,7 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     netns: Vec::new(),
     pids: Vec::new(),
     cgroups: Vec::new(),
+    dirs: Vec::new(),
 });
 static SIGNALS: Once = Once::new();
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -109,12 +111,13 @@ pub(crate) fn install_signal_cleanup() {
 
 /// Removes everything still registered (the signal path; owners clean up on drop).
 fn cleanup_all() {
-    let (pids, cgroups, netns) = {
+    let (pids, cgroups, netns, dirs) = {
         let mut r = registry();
         (
             std::mem::take(&mut r.pids),
             std::mem::take(&mut r.cgroups),
             std::mem::take(&mut r.netns),
+            std::mem::take(&mut r.dirs),
         )
     };
     for pid in pids {
@@ -126,6 +129,16 @@ fn cleanup_all() {
     for ns in netns {
         delete_netns(&ns);
     }
+    if std::env::var_os("SVCPLANE_BENCH_KEEP").is_none() {
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A directory removed on SIGINT/SIGTERM too.
+pub(crate) fn register_dir(dir: PathBuf) {
+    registry().dirs.push(dir);
 }
 
 pub(crate) fn register_pid(pid: u32) {

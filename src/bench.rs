@@ -34,6 +34,7 @@ pub(crate) fn main(args: BenchArgs) -> ExitCode {
         svcplane_version: env!("CARGO_PKG_VERSION").to_string(),
         dns: args.dns,
         dns_rate: args.dns_rate,
+        iptables_backend: args.iptables_backend,
     };
     match svcplane_bench::run(&config) {
         Ok(table) => {

@@ -93,6 +93,11 @@ pub(crate) struct BenchArgs {
     /// Offered queries/s of the DNS latency test.
     #[arg(long, value_name = "QPS", default_value_t = 20000)]
     pub(crate) dns_rate: u32,
+    /// Backend of the iptables mode: legacy (x_tables) or nft (nf_tables); auto picks
+    /// legacy when iptables-legacy-restore is installed (the nf_tables backend takes many
+    /// minutes to load 10,000 Services).
+    #[arg(long, value_name = "auto|legacy|nft", default_value = "auto")]
+    pub(crate) iptables_backend: svcplane_bench::IptablesBackend,
 }
 
 #[derive(Debug, Args)]

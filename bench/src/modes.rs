@@ -104,6 +104,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) work: &'a Path,
     pub(crate) proxy_cpu: usize,
     pub(crate) cgroup: Option<&'a ClientCgroup>,
+    /// `iptables-legacy-restore` or `iptables-(nft-)restore`.
+    pub(crate) iptables_restore: &'a str,
 }
 
 /// A mode set up for one slot.
@@ -209,7 +211,7 @@ pub(crate) fn change(ctx: &Ctx<'_>, active: &mut Active) -> Result<()> {
         State::Iptables => {
             sys::run_in_with_input(
                 node,
-                "iptables-restore",
+                ctx.iptables_restore,
                 &["--noflush"],
                 &rules::iptables_change(&before, &after),
             )?;
@@ -270,7 +272,8 @@ pub(crate) fn teardown(ctx: &Ctx<'_>, active: Active) {
             stop_child(d.child);
         }
         State::Iptables => {
-            let _ = sys::run_in_with_input(node, "iptables-restore", &[], rules::iptables_flush());
+            let _ =
+                sys::run_in_with_input(node, ctx.iptables_restore, &[], rules::iptables_flush());
         }
         State::Nftables => {
             let _ = sys::run(

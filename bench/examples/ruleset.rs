@@ -2,7 +2,7 @@
 //! time `iptables-restore` / `nft -f` by hand.
 //!
 //! ```sh
-//! ruleset iptables|nftables N > rules.txt
+//! ruleset iptables|nftables|iptables-change|nftables-change N > rules.txt
 //! ```
 
 use svcplane_bench::{rules, services};
@@ -17,6 +17,14 @@ fn main() -> Result<(), String> {
     match kind.as_str() {
         "iptables" => print!("{}", rules::iptables_ruleset(&svcs)),
         "nftables" => print!("{}", rules::nft_ruleset(&svcs)),
+        "iptables-change" => print!(
+            "{}",
+            rules::iptables_change(&services::probe(false), &services::probe(true))
+        ),
+        "nftables-change" => print!(
+            "{}",
+            rules::nft_change(&services::probe(false), &services::probe(true))
+        ),
         other => return Err(format!("{other}: iptables or nftables")),
     }
     Ok(())

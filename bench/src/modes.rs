@@ -165,7 +165,7 @@ pub(crate) fn setup(ctx: &Ctx<'_>, mode: Mode, fillers: u32) -> Result<Active> {
             let t = Instant::now();
             sys::run_in_with_input(
                 ctx.topo.node.name(),
-                "iptables-restore",
+                ctx.iptables_restore,
                 &["--noflush"],
                 &text,
             )?;

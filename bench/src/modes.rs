@@ -270,6 +270,10 @@ pub(crate) fn teardown(ctx: &Ctx<'_>, active: Active) {
                 let _ = cg.leave();
             }
             stop_child(d.child);
+            if active.mode == Mode::Ebpf {
+                // The ebpf mode's links and maps outlive the daemon by design.
+                ebpf_cleanup(ctx.svcplane, ctx.topo);
+            }
         }
         State::Iptables => {
             let _ =
@@ -413,6 +417,10 @@ fn start_daemon(ctx: &Ctx<'_>, mode: Mode, svcs: &[Svc]) -> Result<(Daemon, Figu
             .cgroup
             .ok_or_else(|| BenchError::mode(mode, "no client cgroup"))?;
         args.extend(["--cgroup".into(), cg.path().display().to_string()]);
+        if let Some(root) = pin_root(ctx.svcplane, ctx.topo) {
+            args.extend(["--pin-root".into(), root]);
+        }
+        topology::register_command(cleanup_command(ctx.svcplane, ctx.topo));
     }
     let log = ctx.work.join(format!("{mode}.log"));
     let started = Instant::now();
@@ -462,6 +470,35 @@ fn start_daemon(ctx: &Ctx<'_>, mode: Mode, svcs: &[Svc]) -> Result<(Daemon, Figu
         },
         figures,
     ))
+}
+
+/// A pin root of the bench's own, when the binary takes `--pin-root` (else the daemon's
+/// default, shared with any other ebpf daemon on the machine).
+fn pin_root(svcplane: &Path, topo: &Topology) -> Option<String> {
+    let help = Command::new(svcplane)
+        .args(["run", "--help"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&help.stdout)
+        .contains("--pin-root")
+        .then(|| format!("/sys/fs/bpf/{}", topo.id))
+}
+
+/// `svcplane cleanup [--pin-root DIR]`: detaches and unpins what the ebpf daemon left.
+fn cleanup_command(svcplane: &Path, topo: &Topology) -> Vec<String> {
+    let mut cmd = vec![svcplane.display().to_string(), "cleanup".to_string()];
+    if let Some(root) = pin_root(svcplane, topo) {
+        cmd.extend(["--pin-root".to_string(), root]);
+    }
+    cmd
+}
+
+fn ebpf_cleanup(svcplane: &Path, topo: &Topology) {
+    let cmd = cleanup_command(svcplane, topo);
+    let args: Vec<&str> = cmd[1..].iter().map(String::as_str).collect();
+    if let Err(e) = sys::run(&cmd[0], &args) {
+        eprintln!("\nsvcplane bench: ebpf cleanup: {e}");
+    }
 }
 
 fn tail(log: &Path) -> String {

@@ -46,6 +46,9 @@ struct Registry {
     pids: Vec<u32>,
     cgroups: Vec<CgroupRecord>,
     dirs: Vec<PathBuf>,
+    /// Commands run once on SIGINT/SIGTERM after the processes stopped (e.g. `svcplane
+    /// cleanup` for the ebpf mode's pins).
+    commands: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +63,7 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     pids: Vec::new(),
     cgroups: Vec::new(),
     dirs: Vec::new(),
+    commands: Vec::new(),
 });
 static SIGNALS: Once = Once::new();
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -111,17 +115,24 @@ pub(crate) fn install_signal_cleanup() {
 
 /// Removes everything still registered (the signal path; owners clean up on drop).
 fn cleanup_all() {
-    let (pids, cgroups, netns, dirs) = {
+    let (pids, cgroups, netns, dirs, commands) = {
         let mut r = registry();
         (
             std::mem::take(&mut r.pids),
             std::mem::take(&mut r.cgroups),
             std::mem::take(&mut r.netns),
             std::mem::take(&mut r.dirs),
+            std::mem::take(&mut r.commands),
         )
     };
     for pid in pids {
         stop_pid(pid, Duration::from_secs(2));
+    }
+    for cmd in commands {
+        if let Some((program, args)) = cmd.split_first() {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let _ = sys::run(program, &args);
+        }
     }
     for cg in cgroups {
         remove_cgroup(&cg);
@@ -133,6 +144,14 @@ fn cleanup_all() {
         for d in dirs {
             let _ = std::fs::remove_dir_all(d);
         }
+    }
+}
+
+/// A command to run on SIGINT/SIGTERM (once, deduplicated).
+pub(crate) fn register_command(cmd: Vec<String>) {
+    let mut r = registry();
+    if !r.commands.contains(&cmd) {
+        r.commands.push(cmd);
     }
 }
 

@@ -368,12 +368,19 @@ fn measure_dns(
 }
 
 fn progress(started: Instant, slot: usize, slots: usize, what: &str) {
+    use std::io::IsTerminal as _;
     let elapsed = started.elapsed().as_secs();
-    eprint!(
-        "\r\x1b[K[{slot}/{slots} {:>3}:{:02}] {what}",
+    let line = format!(
+        "[{slot}/{slots} {:>3}:{:02}] {what}",
         elapsed / 60,
         elapsed % 60
     );
+    if std::io::stderr().is_terminal() {
+        // One status line, rewritten in place.
+        eprint!("\r\x1b[K{line}");
+    } else {
+        eprintln!("{line}");
+    }
 }
 
 fn write_outputs(

@@ -310,23 +310,26 @@ pub fn svg(cells: &[Cell], modes: &[Mode], path: &Path) -> Result<()> {
             .find(|c| c.mode == mode && c.test == test && c.figure == fig && c.services == n)
             .and_then(|c| c.ratio_to_direct)
     };
-    let ymax = groups
+    // A log scale: 0.5x and 2x are as far from 1.0 (direct); bars grow from the 1.0 line.
+    let values: Vec<f64> = groups
         .iter()
         .flat_map(|(_, t, f, n)| bars.iter().filter_map(move |m| value(*m, *t, f, *n)))
-        .fold(1.2f64, f64::max)
-        * 1.1;
-    let width = (160 * groups.len().max(1) as u32).clamp(640, 2400);
-    let root = SVGBackend::new(path, (width, 480)).into_drawing_area();
+        .filter(|v| *v > 0.0)
+        .collect();
+    let ymax = values.iter().copied().fold(2.0f64, f64::max) * 1.3;
+    let ymin = values.iter().copied().fold(0.5f64, f64::min) / 1.3;
+    let width = (120 * groups.len().max(1) as u32).clamp(640, 2400);
+    let root = SVGBackend::new(path, (width, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "svcplane bench: ratio to direct (1.0 = direct)",
+            "svcplane bench: median / direct's median at the same services count (1.0 = direct)",
             ("sans-serif", 20),
         )
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(0f64..groups.len().max(1) as f64, 0f64..ymax)
+        .build_cartesian_2d(0f64..groups.len().max(1) as f64, (ymin..ymax).log_scale())
         .map_err(|e| err(&e))?;
     let labels: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
     chart
@@ -341,7 +344,8 @@ pub fn svg(cells: &[Cell], modes: &[Mode], path: &Path) -> Result<()> {
                 String::new()
             }
         })
-        .y_desc("x direct")
+        .y_desc("x direct (log scale; rates: higher is better, latency/CPU: lower)")
+        .y_label_formatter(&|y| format!("{y:.2}"))
         .draw()
         .map_err(|e| err(&e))?;
     let width_per_bar = 0.8 / bars.len().max(1) as f64;
@@ -354,7 +358,7 @@ pub fn svg(cells: &[Cell], modes: &[Mode], path: &Path) -> Result<()> {
                 let v = value(*mode, *t, f, *n)?;
                 let x0 = g as f64 + 0.1 + b as f64 * width_per_bar;
                 Some(Rectangle::new(
-                    [(x0, 0.0), (x0 + width_per_bar * 0.9, v)],
+                    [(x0, 1.0), (x0 + width_per_bar * 0.9, v)],
                     color.filled(),
                 ))
             })
@@ -373,6 +377,7 @@ pub fn svg(cells: &[Cell], modes: &[Mode], path: &Path) -> Result<()> {
         .map_err(|e| err(&e))?;
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()

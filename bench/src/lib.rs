@@ -143,8 +143,29 @@ pub fn run(config: &BenchConfig) -> Result<String> {
         .map_err(|e| BenchError::io(format!("mkdir {}", config.out.display()), e))?;
     let machine = machine_facts(config);
     let work = WorkDir::new()?;
+    let run_id = format!("svb{}", std::process::id());
+    let cgroup = if config.modes.contains(&Mode::Ebpf) {
+        Some(topology::ClientCgroup::create(&run_id)?)
+    } else {
+        None
+    };
+    let mut records = Vec::new();
+    let mut dns_records = Vec::new();
+    let mut outcome = measure_all(config, &work.0, cgroup.as_ref(), &mut records);
+    if outcome.is_ok() && config.runs_dns() {
+        outcome = topology::Topology::new()
+            .and_then(|topo| measure_dns(config, &topo, &work.0, &mut dns_records));
+    }
+    let md = write_outputs(config, &machine, &records, &dns_records)?;
+    outcome.map(|()| md)
+}
+
+/// A fresh topology with its backends running. Every mode's slot gets its own: nothing a
+/// mode leaves in the kernel (iptables-legacy tables cannot be unregistered, and they keep
+/// conntrack hooks in the namespace) can tax the modes measured after it.
+fn fresh_topology(config: &BenchConfig) -> Result<(topology::Topology, Vec<backend::Backend>)> {
     let topo = topology::Topology::new()?;
-    let backends: Vec<backend::Backend> = (0..topology::BACKENDS)
+    let backends = (0..topology::BACKENDS)
         .map(|k| {
             backend::Backend::start(
                 topo.backends[k].name(),
@@ -157,33 +178,13 @@ pub fn run(config: &BenchConfig) -> Result<String> {
             )
         })
         .collect::<Result<_>>()?;
-    let cgroup = if config.modes.contains(&Mode::Ebpf) {
-        Some(topology::ClientCgroup::create(&topo.id)?)
-    } else {
-        None
-    };
-    let ctx = modes::Ctx {
-        topo: &topo,
-        svcplane: &config.svcplane,
-        work: &work.0,
-        proxy_cpu: config.proxy_cpu,
-        cgroup: cgroup.as_ref(),
-        iptables_restore: config.iptables_backend.program(),
-    };
-    let mut records = Vec::new();
-    let mut dns_records = Vec::new();
-    let mut outcome = measure_all(config, &ctx, &mut records);
-    drop(backends);
-    if outcome.is_ok() && config.runs_dns() {
-        outcome = measure_dns(config, &topo, &work.0, &mut dns_records);
-    }
-    let md = write_outputs(config, &machine, &records, &dns_records)?;
-    outcome.map(|()| md)
+    Ok((topo, backends))
 }
 
 fn measure_all(
     config: &BenchConfig,
-    ctx: &modes::Ctx<'_>,
+    work: &std::path::Path,
+    cgroup: Option<&topology::ClientCgroup>,
     records: &mut Vec<Record>,
 ) -> Result<()> {
     let slots = config.runs * config.services.len() * config.modes.len();
@@ -216,6 +217,15 @@ fn measure_all(
                         config.runs
                     ),
                 );
+                let (topo, backends) = fresh_topology(config)?;
+                let ctx = &modes::Ctx {
+                    topo: &topo,
+                    svcplane: &config.svcplane,
+                    work,
+                    proxy_cpu: config.proxy_cpu,
+                    cgroup,
+                    iptables_restore: config.iptables_backend.program(),
+                };
                 let mut active = modes::setup(ctx, mode, services)?;
                 let result = measure_slot(
                     config,
@@ -229,6 +239,7 @@ fn measure_all(
                     (started, slot, slots),
                 );
                 modes::teardown(ctx, active);
+                drop(backends);
                 result?;
             }
         }

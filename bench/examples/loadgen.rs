@@ -5,8 +5,6 @@
 //! loadgen NETNS ADDR:PORT conn|keepalive|latency|bulk [SECONDS] [CPU]
 //! ```
 
-#![allow(clippy::print_stderr, reason = "a command-line tool")]
-
 use std::time::Duration;
 
 use svcplane_bench::{LoadOptions, Test, load};

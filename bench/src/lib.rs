@@ -248,7 +248,7 @@ fn measure_all(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments, reason = "one slot's whole context")]
+#[expect(clippy::too_many_arguments, reason = "one slot's whole context")]
 fn measure_slot(
     config: &BenchConfig,
     ctx: &modes::Ctx<'_>,

@@ -376,42 +376,77 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 fn start_daemon(ctx: &Ctx<'_>, mode: Mode, svcs: &[Svc]) -> Result<(Daemon, Figures)> {
     let dir = ctx.work.join(format!("manifests-{mode}"));
     let state = ctx.work.join(format!("state-{mode}"));
-    let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&state);
-    std::fs::create_dir_all(&dir)
+    write_manifests(&dir, svcs)?;
+    let args = daemon_args(ctx, mode, &dir, &state)?;
+    let log = ctx.work.join(format!("{mode}.log"));
+    let started = Instant::now();
+    let mut child = spawn_in_node(ctx, ctx.svcplane, &args, &log)?;
+    let m = match wait_programmed(ctx, mode, &mut child, &log) {
+        Ok(m) => m,
+        Err(e) => {
+            stop_child(child);
+            return Err(e);
+        }
+    };
+    let mut figures = Figures::new();
+    figures.insert("ready_ms".into(), ms(started.elapsed()));
+    figures.insert("cold_ms".into(), m.sync_sum * 1e3);
+    let mut entered_cgroup = false;
+    if mode == Mode::Ebpf
+        && let Some(cg) = ctx.cgroup
+    {
+        if let Err(e) = cg.enter() {
+            stop_child(child);
+            return Err(e);
+        }
+        entered_cgroup = true;
+    }
+    let daemon = Daemon {
+        child,
+        log,
+        manifests: dir,
+        entered_cgroup,
+    };
+    Ok((daemon, figures))
+}
+
+/// `fillers.json`, `probe.json` (rewritten by [`change`]) and `web.json` in `dir`.
+fn write_manifests(dir: &Path, svcs: &[Svc]) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)
         .map_err(|e| BenchError::io(format!("mkdir {}", dir.display()), e))?;
     let (rest, last_two) = svcs.split_at(svcs.len().saturating_sub(2));
     write_json(&dir.join("fillers.json"), &services::manifest_list(rest))?;
     if let [probe, web] = last_two {
-        write_json(
-            &dir.join("probe.json"),
-            &services::manifest_list(std::slice::from_ref(probe)),
-        )?;
-        write_json(
-            &dir.join("web.json"),
-            &services::manifest_list(std::slice::from_ref(web)),
-        )?;
+        for (file, svc) in [("probe.json", probe), ("web.json", web)] {
+            write_json(
+                &dir.join(file),
+                &services::manifest_list(std::slice::from_ref(svc)),
+            )?;
+        }
     }
-    let mut args: Vec<String> = [
-        "run",
-        "--mode",
-        mode.name(),
-        "--node-ip",
-        &NODE_IP.to_string(),
-        "--admin-listen",
-        ADMIN,
-        "--dns-listen",
-        "127.0.0.1:5353",
-        "--drain-timeout",
-        "1",
-        "--log-format",
-        "json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(["--manifests".into(), dir.display().to_string()]);
-    args.extend(["--state-dir".into(), state.display().to_string()]);
+    Ok(())
+}
+
+/// `svcplane run ...` for `mode` (ebpf: with the client cgroup and, when offered, a pin
+/// root of the bench's own).
+fn daemon_args(ctx: &Ctx<'_>, mode: Mode, dir: &Path, state: &Path) -> Result<Vec<String>> {
+    let mut args: Vec<String> = ["run", "--mode", mode.name(), "--node-ip"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(NODE_IP.to_string());
+    for (flag, value) in [
+        ("--admin-listen", ADMIN.to_string()),
+        ("--dns-listen", "127.0.0.1:5353".to_string()),
+        ("--drain-timeout", "1".to_string()),
+        ("--log-format", "json".to_string()),
+        ("--manifests", dir.display().to_string()),
+        ("--state-dir", state.display().to_string()),
+    ] {
+        args.extend([flag.to_string(), value]);
+    }
     if mode == Mode::Ebpf {
         let cg = ctx
             .cgroup
@@ -422,54 +457,40 @@ fn start_daemon(ctx: &Ctx<'_>, mode: Mode, svcs: &[Svc]) -> Result<(Daemon, Figu
         }
         topology::register_command(cleanup_command(ctx.svcplane, ctx.topo));
     }
-    let log = ctx.work.join(format!("{mode}.log"));
-    let started = Instant::now();
-    let mut child = spawn_in_node(ctx, ctx.svcplane, &args, &log)?;
-    let deadline = started + READY_TIMEOUT;
-    let m = loop {
+    Ok(args)
+}
+
+/// Polls the daemon's metrics until its first sync is done.
+fn wait_programmed(
+    ctx: &Ctx<'_>,
+    mode: Mode,
+    child: &mut Child,
+    log: &Path,
+) -> Result<SyncMetrics> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
         if let Ok(Some(status)) = child.try_wait() {
-            topology::unregister_pid(child.id());
             return Err(BenchError::mode(
                 mode,
-                format!("svcplane exited ({status}); log:\n{}", tail(&log)),
+                format!("svcplane exited ({status}); log:\n{}", tail(log)),
             ));
         }
         if let Ok(m) = metrics(ctx)
             && m.sync_count >= 1.0
         {
-            break m;
+            return Ok(m);
         }
         if Instant::now() > deadline {
-            stop_child(child);
             return Err(BenchError::mode(
                 mode,
                 format!(
                     "not programmed within {READY_TIMEOUT:?}; log:\n{}",
-                    tail(&log)
+                    tail(log)
                 ),
             ));
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut figures = Figures::new();
-    figures.insert("ready_ms".into(), ms(started.elapsed()));
-    figures.insert("cold_ms".into(), m.sync_sum * 1e3);
-    let mut entered_cgroup = false;
-    if mode == Mode::Ebpf
-        && let Some(cg) = ctx.cgroup
-    {
-        cg.enter()?;
-        entered_cgroup = true;
     }
-    Ok((
-        Daemon {
-            child,
-            log,
-            manifests: dir,
-            entered_cgroup,
-        },
-        figures,
-    ))
 }
 
 /// A pin root of the bench's own, when the binary takes `--pin-root` (else the daemon's

@@ -34,8 +34,9 @@ fn bench_netns() -> BTreeSet<String> {
         .collect()
 }
 
-fn bench(out: &Path, modes: &str, services: &str, extra: &[&str]) -> std::process::Output {
-    Command::new(BIN)
+/// Runs `svcplane bench`; returns its output and pid (the prefix of its namespaces).
+fn bench(out: &Path, modes: &str, services: &str, extra: &[&str]) -> (std::process::Output, u32) {
+    let child = Command::new(BIN)
         .args(["bench", "--modes", modes, "--services", services])
         .args(["--duration", "1", "--runs", "1", "--warmup", "0.2"])
         .args(["--bulk-mib", "4", "--rate", "1000", "--connections", "8"])
@@ -45,8 +46,15 @@ fn bench(out: &Path, modes: &str, services: &str, extra: &[&str]) -> std::proces
         .arg("--out")
         .arg(out)
         .args(extra)
-        .output()
-        .expect("run svcplane bench")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run svcplane bench");
+    let pid = child.id();
+    (
+        child.wait_with_output().expect("svcplane bench output"),
+        pid,
+    )
 }
 
 #[test]
@@ -55,7 +63,11 @@ fn bench_writes_every_requested_cell() {
         return;
     }
     let mut modes = vec!["direct", "userspace"];
-    for (mode, tool) in [("haproxy", "haproxy"), ("iptables", "iptables-restore")] {
+    for (mode, tool) in [
+        ("haproxy", "haproxy"),
+        ("iptables", "iptables-restore"),
+        ("nftables", "nft"),
+    ] {
         if have(tool) {
             modes.push(mode);
         } else {
@@ -64,8 +76,7 @@ fn bench_writes_every_requested_cell() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let before = bench_netns();
-    let r = bench(&out, &modes.join(","), "0", &[]);
+    let (r, pid) = bench(&out, &modes.join(","), "0", &[]);
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "svcplane bench failed:\n{stderr}");
 
@@ -176,7 +187,10 @@ fn bench_writes_every_requested_cell() {
     }
 
     // Nothing left behind: no namespace of the run.
-    let leftover: Vec<String> = bench_netns().difference(&before).cloned().collect();
+    let leftover: Vec<String> = bench_netns()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("svb{pid}x")))
+        .collect();
     assert!(leftover.is_empty(), "namespaces left behind: {leftover:?}");
 }
 
@@ -197,7 +211,7 @@ fn bench_refuses_what_it_cannot_measure() {
     )
     .contains("- ebpf");
     if !has_ebpf {
-        let r = bench(&out, "direct,ebpf", "0", &[]);
+        let (r, _) = bench(&out, "direct,ebpf", "0", &[]);
         assert!(!r.status.success());
         let stderr = String::from_utf8_lossy(&r.stderr);
         assert!(stderr.contains("does not offer --mode ebpf"), "{stderr}");
@@ -238,4 +252,80 @@ fn bench_refuses_what_it_cannot_measure() {
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("unknown mode"));
     assert!(!out.join("results.json").exists());
+}
+
+#[test]
+fn ctrl_c_removes_everything() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let before = bench_netns();
+    let mut child = Command::new(BIN)
+        .args([
+            "bench",
+            "--modes",
+            "userspace",
+            "--services",
+            "0",
+            "--runs",
+            "1",
+        ])
+        .args(["--duration", "30", "--dns", "off", "--max-load", "1000"])
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let ours = |n: &String| n.starts_with(&format!("svb{pid}x"));
+    // Wait until the daemon runs in the run's node namespace.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let node = loop {
+        if let Some(node) = bench_netns()
+            .difference(&before)
+            .find(|n| ours(n) && n.ends_with("-node"))
+        {
+            let pids = Command::new("ip")
+                .args(["netns", "pids", node])
+                .output()
+                .unwrap();
+            if !pids.stdout.is_empty() {
+                break node.clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench did not start its daemon"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let daemon: Vec<u32> = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "pids", &node])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .split_whitespace()
+    .filter_map(|p| p.parse().ok())
+    .collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status}");
+    let left: Vec<String> = bench_netns().into_iter().filter(|n| ours(n)).collect();
+    assert!(left.is_empty(), "namespaces left after Ctrl-C: {left:?}");
+    for p in daemon {
+        let alive = std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        });
+        assert!(!alive, "process {p} of the run still alive after Ctrl-C");
+    }
+    assert!(!Path::new(&format!("/tmp/svcplane-bench-{pid}")).exists());
 }

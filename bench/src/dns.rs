@@ -298,13 +298,8 @@ fn start(ctx: &DnsCtx<'_>, server: DnsServer, services: u32, port: u16) -> Resul
             cmd.arg("knotd").arg("-c").arg(dir.join("knot.conf"));
         }
     }
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| BenchError::io(format!("spawn {}", server.name()), e))?;
-    topology::register_pid(child.id());
+    cmd.stdin(Stdio::null()).stdout(file).stderr(err);
+    let child = topology::spawn_registered(&mut cmd, server.name())?;
     Ok(Server { child, log })
 }
 

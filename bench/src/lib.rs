@@ -138,6 +138,14 @@ impl BenchConfig {
 /// Runs the whole benchmark; writes the outputs into `config.out` and returns the markdown
 /// table.
 pub fn run(config: &BenchConfig) -> Result<String> {
+    let result = run_inner(config);
+    if result.is_err() && topology::stopping() {
+        topology::wait_for_signal_exit();
+    }
+    result
+}
+
+fn run_inner(config: &BenchConfig) -> Result<String> {
     preflight(config)?;
     std::fs::create_dir_all(&config.out)
         .map_err(|e| BenchError::io(format!("mkdir {}", config.out.display()), e))?;

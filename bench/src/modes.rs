@@ -324,8 +324,8 @@ fn spawn_in_node(ctx: &Ctx<'_>, program: &Path, args: &[String], log: &Path) -> 
     let err = file
         .try_clone()
         .map_err(|e| BenchError::io("log file", e))?;
-    let child = Command::new("taskset")
-        .arg("-c")
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c")
         .arg(ctx.proxy_cpu.to_string())
         .arg("nsenter")
         .arg(format!("--net=/run/netns/{}", ctx.topo.node.name()))
@@ -334,11 +334,8 @@ fn spawn_in_node(ctx: &Ctx<'_>, program: &Path, args: &[String], log: &Path) -> 
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(file)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| BenchError::io(format!("spawn {}", program.display()), e))?;
-    topology::register_pid(child.id());
-    Ok(child)
+        .stderr(err);
+    topology::spawn_registered(&mut cmd, &program.display().to_string())
 }
 
 fn start_haproxy(ctx: &Ctx<'_>) -> Result<(Child, PathBuf)> {

@@ -49,6 +49,8 @@ struct Registry {
     /// Commands run once on SIGINT/SIGTERM after the processes stopped (e.g. `svcplane
     /// cleanup` for the ebpf mode's pins).
     commands: Vec<Vec<String>>,
+    /// Set by the signal path: nothing new may be created after it.
+    stopping: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +66,7 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     cgroups: Vec::new(),
     dirs: Vec::new(),
     commands: Vec::new(),
+    stopping: false,
 });
 static SIGNALS: Once = Once::new();
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -117,6 +120,7 @@ pub(crate) fn install_signal_cleanup() {
 fn cleanup_all() {
     let (pids, cgroups, netns, dirs, commands) = {
         let mut r = registry();
+        r.stopping = true;
         (
             std::mem::take(&mut r.pids),
             std::mem::take(&mut r.cgroups),
@@ -160,8 +164,38 @@ pub(crate) fn register_dir(dir: PathBuf) {
     registry().dirs.push(dir);
 }
 
-pub(crate) fn register_pid(pid: u32) {
-    registry().pids.push(pid);
+/// Spawns `cmd` and records its process, atomically with respect to the signal path: a
+/// Ctrl-C either sees the process or prevents its start.
+pub(crate) fn spawn_registered(
+    cmd: &mut std::process::Command,
+    what: &str,
+) -> Result<std::process::Child> {
+    let mut r = registry();
+    if r.stopping {
+        return Err(interrupted());
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| BenchError::io(format!("spawn {what}"), e))?;
+    r.pids.push(child.id());
+    Ok(child)
+}
+
+/// Whether the signal path has started removing everything.
+pub(crate) fn stopping() -> bool {
+    registry().stopping
+}
+
+/// Called by the main thread once it sees the run was interrupted: the signal thread
+/// finishes the cleanup and exits the process with 130; returning first would cut it short.
+pub(crate) fn wait_for_signal_exit() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn interrupted() -> BenchError {
+    BenchError::mode("bench", "interrupted")
 }
 
 pub(crate) fn unregister_pid(pid: u32) {
@@ -216,9 +250,16 @@ pub struct Netns {
 
 impl Netns {
     fn new(name: String) -> Result<Netns> {
-        let _ = sys::run("ip", &["netns", "del", &name]);
-        sys::run("ip", &["netns", "add", &name])?;
-        registry().netns.push(name.clone());
+        {
+            // Created and recorded under the lock: a Ctrl-C sees it or prevents it.
+            let mut r = registry();
+            if r.stopping {
+                return Err(interrupted());
+            }
+            let _ = sys::run("ip", &["netns", "del", &name]);
+            sys::run("ip", &["netns", "add", &name])?;
+            r.netns.push(name.clone());
+        }
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
         // No TIME_WAIT: tens of thousands of connections a second reuse ports within the
@@ -355,10 +396,14 @@ impl ClientCgroup {
             .unwrap_or_else(|| "/".into());
         let home = mount.join(home_rel.trim_start_matches('/'));
         let path = mount.join(format!("{id}-client"));
+        let mut r = registry();
+        if r.stopping {
+            return Err(interrupted());
+        }
         std::fs::create_dir(&path)
             .map_err(|e| BenchError::io(format!("mkdir {}", path.display()), e))?;
         let record = CgroupRecord { path, home };
-        registry().cgroups.push(record.clone());
+        r.cgroups.push(record.clone());
         Ok(ClientCgroup { record })
     }
 

@@ -34,6 +34,10 @@ pub(crate) enum Command {
     /// the programs are attached to. Not for users.
     #[command(hide = true)]
     SelfTestProbe(SelfTestProbeArgs),
+    /// Benchmark the proxy modes side by side (root): builds its own namespaces, backends
+    /// and load generator, measures every mode interleaved over the runs, and writes
+    /// results.json, results.md and ratios.svg into --out.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +51,73 @@ pub(crate) struct CleanupArgs {
 pub(crate) struct SelfTestProbeArgs {
     /// The probe frontend.
     pub(crate) frontend: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Modes to measure, comma-separated: direct (the client to one backend: the limit),
+    /// userspace, ebpf, iptables and nftables (kube-proxy's rulesets), haproxy (mode tcp,
+    /// one thread). Ratios are to direct.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,userspace,iptables,haproxy"
+    )]
+    pub(crate) modes: Vec<svcplane_bench::Mode>,
+    /// Filler Service counts (10 unroutable endpoints each), comma-separated; every mode is
+    /// measured at each count, with the measured Service last.
+    #[arg(long, value_delimiter = ',', default_value = "0,1000,10000")]
+    pub(crate) services: Vec<u32>,
+    /// Tests, comma-separated: conn (new connections/s), keepalive (requests/s), latency
+    /// (p50/p99/p99.9 at --rate), bulk (Gbit/s), program (cold load, one endpoint change).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "conn,keepalive,latency,bulk,program"
+    )]
+    pub(crate) tests: Vec<svcplane_bench::Test>,
+    /// Seconds per test and mode.
+    #[arg(long, value_name = "S", default_value_t = 2.0)]
+    pub(crate) duration: f64,
+    /// Interleaved runs (A B C, B C A, ...); figures are median [min–max] over them.
+    #[arg(long, value_name = "R", default_value_t = 3)]
+    pub(crate) runs: usize,
+    /// Output directory.
+    #[arg(long, value_name = "DIR", default_value = "bench-results")]
+    pub(crate) out: PathBuf,
+    /// Refuse to start above this 1-minute load average.
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    pub(crate) max_load: f64,
+    /// Concurrent connections of the conn and keepalive tests.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub(crate) connections: usize,
+    /// Offered requests/s of the latency test.
+    #[arg(long, value_name = "REQ/S", default_value_t = 5000)]
+    pub(crate) rate: u32,
+    /// MiB per request of the bulk test.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub(crate) bulk_mib: u64,
+    /// CPU of the data plane under test (daemons, HAProxy).
+    #[arg(long, value_name = "CPU", default_value_t = 0)]
+    pub(crate) proxy_cpu: usize,
+    /// CPU of the load generator and the backends.
+    #[arg(long, value_name = "CPU", default_value_t = 1)]
+    pub(crate) load_cpu: usize,
+    /// Seconds of discarded load before each mode's measurements.
+    #[arg(long, value_name = "S", default_value_t = 0.5)]
+    pub(crate) warmup: f64,
+    /// Cluster DNS against Knot on the same records (QPS, p50/p99): auto runs it when
+    /// knotd is installed.
+    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    pub(crate) dns: svcplane_bench::DnsChoice,
+    /// Offered queries/s of the DNS latency test.
+    #[arg(long, value_name = "QPS", default_value_t = 20000)]
+    pub(crate) dns_rate: u32,
+    /// Backend of the iptables mode: legacy (x_tables) or nft (nf_tables); auto picks
+    /// legacy when iptables-legacy-restore is installed (the nf_tables backend takes many
+    /// minutes to load 10,000 Services).
+    #[arg(long, value_name = "auto|legacy|nft", default_value = "auto")]
+    pub(crate) iptables_backend: svcplane_bench::IptablesBackend,
 }
 
 #[derive(Debug, Args)]

@@ -3,13 +3,14 @@
 //! crates.
 //!
 //! Commands in this build: `run` (modes `userspace`, `ebpf` and `none`), `check`, `status`,
-//! `demo` and `cleanup`.
+//! `demo`, `cleanup` and `bench`.
 
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 mod admin;
+mod bench;
 mod check;
 mod cleanup;
 mod cli;
@@ -30,5 +31,6 @@ fn main() -> ExitCode {
         cli::Command::Status(args) => status::main(args),
         cli::Command::Cleanup(args) => cleanup::main(args),
         cli::Command::SelfTestProbe(args) => health::probe_main(args),
+        cli::Command::Bench(args) => bench::main(args),
     }
 }

@@ -12,7 +12,8 @@ packages=(
   util-linux      # nsenter(1), taskset(1): svcplane bench's daemons (tests/bench.rs)
   haproxy         # svcplane bench --modes haproxy (tests/bench.rs)
   iptables        # svcplane bench --modes iptables: iptables-restore (tests/bench.rs)
-  nftables        # svcplane bench --modes nftables: nft
+  nftables        # svcplane bench --modes nftables: nft (tests/bench.rs)
+  knot            # knotd: svcplane bench's DNS comparison (tests/bench.rs, --dns auto)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -24,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  # Servers (haproxy) must not start as services on the host.
+  # Servers (haproxy, knot) must not start as services on the host.
   policy=/usr/sbin/policy-rc.d
   made_policy=""
   if [ ! -e "$policy" ]; then

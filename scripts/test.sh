@@ -15,7 +15,8 @@ packages=(
   python3         # the socket client of the eBPF tests (ebpf/tests/client.py)
   haproxy         # svcplane bench --modes haproxy (tests/bench.rs)
   iptables        # svcplane bench --modes iptables: iptables-restore (tests/bench.rs)
-  nftables        # svcplane bench --modes nftables: nft
+  nftables        # svcplane bench --modes nftables: nft (tests/bench.rs)
+  knot            # knotd: svcplane bench's DNS comparison (tests/bench.rs, --dns auto)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -27,7 +28,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  # Servers (haproxy) must not start as services on the host.
+  # Servers (haproxy, knot) must not start as services on the host.
   policy=/usr/sbin/policy-rc.d
   made_policy=""
   if [ ! -e "$policy" ]; then

@@ -132,6 +132,20 @@ fn bench_writes_every_requested_cell() {
         };
         assert!(figures[key].as_f64().unwrap() > 0.0, "{r}");
     }
+    // Every mode spreads new connections over the three backends (direct: all to b0).
+    for r in json["records"].as_array().unwrap() {
+        if r["test"] != "conn" {
+            continue;
+        }
+        let share = |k: usize| r["figures"][format!("share_b{k}")].as_f64().unwrap();
+        if r["mode"] == "direct" {
+            assert!(share(0) > 0.999, "{r}");
+        } else {
+            for k in 0..3 {
+                assert!((0.2..0.47).contains(&share(k)), "backend {k}: {r}");
+            }
+        }
+    }
     // Every non-direct conn figure has a ratio to direct.
     let ratios = json["summary"]
         .as_array()

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -25,6 +26,7 @@ const BULK_CHUNK: usize = 256 * 1024;
 pub struct Backend {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<()>>>,
+    accepted: Arc<AtomicU64>,
 }
 
 impl Backend {
@@ -33,6 +35,8 @@ impl Backend {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let body = format!("{name}\n");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
         let thread = sys::spawn_in(&format!("backend-{name}"), ns, cpu, move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -42,7 +46,7 @@ impl Backend {
             let result: Result<()> = rt.block_on(async move {
                 let listener = bind(addr)?;
                 let _ = ready_tx.send(Ok(()));
-                serve(listener, body, stop_rx).await;
+                serve(listener, body, counter, stop_rx).await;
                 Ok(())
             });
             if let Err(e) = &result {
@@ -54,12 +58,20 @@ impl Backend {
             Ok(Ok(())) => Ok(Backend {
                 stop: Some(stop_tx),
                 thread: Some(thread),
+                accepted,
             }),
             Ok(Err(e)) => Err(BenchError::mode("backend", e)),
             Err(_) => Err(sys::join(thread, "backend")
                 .err()
                 .unwrap_or_else(|| BenchError::mode("backend", "exited before listening"))),
         }
+    }
+}
+
+impl Backend {
+    /// Connections accepted so far (to see how a mode spreads connections).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 }
 
@@ -95,7 +107,12 @@ struct Answers {
     small_close: Vec<u8>,
 }
 
-async fn serve(listener: TcpListener, body: String, mut stop: oneshot::Receiver<()>) {
+async fn serve(
+    listener: TcpListener,
+    body: String,
+    counter: Arc<AtomicU64>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let answers = Arc::new(Answers {
         small: format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
@@ -113,6 +130,7 @@ async fn serve(listener: TcpListener, body: String, mut stop: oneshot::Receiver<
             _ = &mut stop => return,
             accepted = listener.accept() => {
                 if let Ok((s, _)) = accepted {
+                    counter.fetch_add(1, Ordering::Relaxed);
                     let _ = s.set_nodelay(true);
                     tokio::spawn(connection(s, answers.clone()));
                 }

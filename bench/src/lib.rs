@@ -239,6 +239,7 @@ fn measure_all(
                     config,
                     ctx,
                     &mut active,
+                    &backends,
                     &load_tests,
                     &opts,
                     run,
@@ -261,6 +262,7 @@ fn measure_slot(
     config: &BenchConfig,
     ctx: &modes::Ctx<'_>,
     active: &mut modes::Active,
+    backends: &[backend::Backend],
     load_tests: &[Test],
     opts: &LoadOptions,
     run: usize,
@@ -296,13 +298,26 @@ fn measure_slot(
                 test.name()
             ),
         );
-        let (figures, errors) = load::measure(
+        let before: Vec<u64> = backends.iter().map(backend::Backend::accepted).collect();
+        let (mut figures, errors) = load::measure(
             ctx.topo.client.name(),
             active.target,
             test,
             opts,
             active.proxy_pid,
         )?;
+        if test == Test::Conn {
+            // How the mode spread the new connections over the backends.
+            let got: Vec<u64> = backends
+                .iter()
+                .zip(&before)
+                .map(|(b, n)| b.accepted() - n)
+                .collect();
+            let total = got.iter().sum::<u64>().max(1) as f64;
+            for (k, n) in got.iter().enumerate() {
+                figures.insert(format!("share_b{k}"), *n as f64 / total);
+            }
+        }
         records.push(Record {
             mode,
             test,

@@ -152,14 +152,15 @@ fn run_inner(config: &BenchConfig) -> Result<String> {
     let machine = machine_facts(config);
     let work = WorkDir::new()?;
     let run_id = format!("svb{}", std::process::id());
-    let cgroup = if config.modes.contains(&Mode::Ebpf) {
-        Some(topology::ClientCgroup::create(&run_id)?)
-    } else {
-        None
-    };
+    // Every mode runs with the bench (load generator, backends, daemons) in one child cgroup,
+    // as pods run: a process in a non-root cgroup pays memory-cgroup accounting per socket
+    // buffer, which the root cgroup does not, so a client in the root cgroup for some modes
+    // only would measure that accounting, not the data plane. The ebpf mode attaches to it.
+    let cgroup = topology::ClientCgroup::create(&run_id)?;
+    cgroup.enter()?;
     let mut records = Vec::new();
     let mut dns_records = Vec::new();
-    let mut outcome = measure_all(config, &work.0, cgroup.as_ref(), &mut records);
+    let mut outcome = measure_all(config, &work.0, Some(&cgroup), &mut records);
     if outcome.is_ok() && config.runs_dns() {
         outcome = topology::Topology::new()
             .and_then(|topo| measure_dns(config, &topo, &work.0, &mut dns_records));

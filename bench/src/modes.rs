@@ -134,7 +134,6 @@ struct Daemon {
     child: Child,
     log: PathBuf,
     manifests: PathBuf,
-    entered_cgroup: bool,
 }
 
 fn vip_target() -> SocketAddr {
@@ -264,11 +263,6 @@ pub(crate) fn teardown(ctx: &Ctx<'_>, active: Active) {
         State::Nothing => {}
         State::Process { child, .. } => stop_child(child),
         State::Daemon(d) => {
-            if d.entered_cgroup
-                && let Some(cg) = ctx.cgroup
-            {
-                let _ = cg.leave();
-            }
             stop_child(d.child);
             if active.mode == Mode::Ebpf {
                 // The ebpf mode's links and maps outlive the daemon by design.
@@ -389,21 +383,10 @@ fn start_daemon(ctx: &Ctx<'_>, mode: Mode, svcs: &[Svc]) -> Result<(Daemon, Figu
     let mut figures = Figures::new();
     figures.insert("ready_ms".into(), ms(started.elapsed()));
     figures.insert("cold_ms".into(), m.sync_sum * 1e3);
-    let mut entered_cgroup = false;
-    if mode == Mode::Ebpf
-        && let Some(cg) = ctx.cgroup
-    {
-        if let Err(e) = cg.enter() {
-            stop_child(child);
-            return Err(e);
-        }
-        entered_cgroup = true;
-    }
     let daemon = Daemon {
         child,
         log,
         manifests: dir,
-        entered_cgroup,
     };
     Ok((daemon, figures))
 }

@@ -377,9 +377,10 @@ fn veth(
 
 // === impl ClientCgroup ===
 
-/// A cgroup v2 directory for the eBPF mode's client. The client is a thread of this
-/// process, and cgroup v2 moves whole processes: [`ClientCgroup::enter`] moves the bench
-/// process in for the eBPF measurements and [`ClientCgroup::leave`] moves it back.
+/// The cgroup v2 directory the bench runs in (every mode), and which the eBPF mode's
+/// programs attach to. The client is a thread of this process, and cgroup v2 moves whole
+/// processes: [`ClientCgroup::enter`] moves the bench process in, dropping it moves the
+/// process back home and removes the directory.
 #[derive(Debug)]
 pub struct ClientCgroup {
     record: CgroupRecord,
@@ -413,10 +414,6 @@ impl ClientCgroup {
 
     pub fn enter(&self) -> Result<()> {
         move_self(&self.record.path)
-    }
-
-    pub fn leave(&self) -> Result<()> {
-        move_self(&self.record.home)
     }
 }
 

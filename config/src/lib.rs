@@ -42,6 +42,7 @@ pub use model::{
 };
 pub use parse::{ParseOptions, ParsedFile, parse_file};
 pub use snapshot::{
-    Diagnostics, PortEndpoint, PortView, Service, ServicePortKey, Snapshot, TrafficScope,
+    Diagnostics, PortEndpoint, PortView, Service, ServicePortKey, Snapshot, SnapshotDelta,
+    TrafficScope,
 };
 pub use watch::{ManifestWatcher, WatchStats};

@@ -18,7 +18,8 @@ use crate::error::ConfigError;
 use crate::model::{Origin, ServiceDef, ServiceKey};
 use crate::parse::{EndpointsDef, Object, ParsedFile, PodDef, SliceDef};
 use crate::snapshot::{
-    Claim, ClaimField, Diagnostics, Inputs, Memo, Snapshot, claims, resolve, selects,
+    Claim, ClaimField, Diagnostics, Inputs, Memo, ServicePortKey, Snapshot, SnapshotDelta, claims,
+    resolve, selects,
 };
 
 /// The objects of one file before and after a reload (`None`: absent).
@@ -160,8 +161,9 @@ impl Resolver {
             self.recheck_duplicates(kind, k);
         }
         let candidates = self.claim(&dirty.services);
+        let mut touched = BTreeSet::new();
         for k in candidates {
-            self.refresh(&k);
+            self.refresh(&k, &mut touched);
         }
         diagnostics
             .errors
@@ -182,6 +184,10 @@ impl Resolver {
         let mut snap = self.tables.clone();
         snap.version = version;
         snap.diagnostics = Arc::new(diagnostics);
+        snap.delta = Some(Arc::new(SnapshotDelta {
+            from_version: version.saturating_sub(1),
+            ports: touched,
+        }));
         snap
     }
 
@@ -504,10 +510,12 @@ impl Resolver {
     }
 
     /// Re-resolves one Service (or drops it) and patches the tables.
-    fn refresh(&mut self, k: &ServiceKey) {
+    /// Re-resolves one Service; adds the port keys it had and has to `touched`.
+    fn refresh(&mut self, k: &ServiceKey, touched: &mut BTreeSet<ServicePortKey>) {
         let old = self.memo.remove(k);
         if let Some(old) = &old {
             for (pk, view) in &old.ports {
+                touched.insert(pk.clone());
                 for (f, _) in view.frontends() {
                     if self.tables.frontends.get(&f) == Some(pk) {
                         self.tables.frontends.remove(&f);
@@ -531,6 +539,7 @@ impl Resolver {
             _ => resolve(def, inputs),
         };
         for (pk, view) in &memo.ports {
+            touched.insert(pk.clone());
             for (f, _) in view.frontends() {
                 self.tables.frontends.insert(f, pk.clone());
             }

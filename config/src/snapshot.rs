@@ -1,7 +1,7 @@
 //! The immutable, versioned Snapshot and the one place that resolves endpoints and decides
 //! which of them carry traffic.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -145,6 +145,18 @@ pub struct Snapshot {
     /// planes measure network-programming latency from here.
     #[serde(skip)]
     pub changed_at: Option<std::time::Instant>,
+    /// The Service ports this snapshot added, changed or removed relative to the snapshot
+    /// of version `delta.from_version` (the loader's previous one), so a consumer that has
+    /// that one can apply a change at a cost that does not depend on the number of Services.
+    #[serde(skip)]
+    pub delta: Option<Arc<SnapshotDelta>>,
+}
+
+/// See [`Snapshot::delta`]. Lists a superset: a port listed may be unchanged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotDelta {
+    pub from_version: u64,
+    pub ports: BTreeSet<ServicePortKey>,
 }
 
 /// The objects a Service was resolved from (held, so pointer identity stays meaningful)

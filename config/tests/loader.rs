@@ -545,3 +545,50 @@ fn a_configmap_volume_swap_loads_the_new_data_once() {
         errors(&snap)
     );
 }
+
+/// Each snapshot lists the Service ports it touched since the one before, so a data plane
+/// holding that one applies a change without scanning every port.
+#[test]
+fn a_snapshot_names_the_ports_it_changed_since_the_previous_one() {
+    let dir = tempdir();
+    for i in 0..20 {
+        write(
+            dir.path(),
+            &format!("s{i}.yaml"),
+            &service(&format!("s{i}"), &format!("10.96.0.{}", i + 1), 80),
+        );
+    }
+    let mut l = loader(dir.path());
+    let (first, _) = reload_new(&mut l);
+    let d = first.delta.as_ref().unwrap();
+    assert_eq!(d.from_version, first.version - 1);
+    assert_eq!(d.ports.len(), 20, "the first snapshot touches every port");
+
+    // One Service's port changes, one Service goes, one comes.
+    write_atomic(dir.path(), "s3.yaml", &service("s3", "10.96.0.4", 81));
+    fs::remove_file(dir.path().join("s7.yaml")).unwrap();
+    write(dir.path(), "new.yaml", &service("new", "10.96.0.99", 80));
+    let (next, _) = reload_new(&mut l);
+    let d = next.delta.as_ref().unwrap();
+    assert_eq!(d.from_version, first.version);
+    let touched: Vec<String> = d.ports.iter().map(|k| k.to_string()).collect();
+    assert_eq!(
+        touched,
+        [
+            "default/new:80/TCP",
+            "default/s3:80/TCP",
+            "default/s3:81/TCP",
+            "default/s7:80/TCP"
+        ]
+    );
+    // The superset property the data planes rely on: every port that differs is listed.
+    let diff = svcplane_config::diff(&first, &next);
+    for c in &diff.ports {
+        let k = match c {
+            svcplane_config::Change::Added(k, _)
+            | svcplane_config::Change::Changed(k, _)
+            | svcplane_config::Change::Removed(k) => k,
+        };
+        assert!(d.ports.contains(k), "{k} changed but is not in the delta");
+    }
+}

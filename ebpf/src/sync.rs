@@ -356,7 +356,12 @@ impl Syncer {
         self.removed_udp.clear();
         self.released.clear();
         let changes: Vec<Change<ServicePortKey, Arc<PortView>>> = match &self.prev {
-            Some(prev) => changed_ports(prev.ports(), snap.ports()),
+            // The loader says which ports changed since the snapshot before: the cost
+            // follows the change, not the number of Services.
+            Some(prev) => match &snap.delta {
+                Some(d) if d.from_version == prev.version => delta_ports(prev, snap, &d.ports),
+                _ => changed_ports(prev.ports(), snap.ports()),
+            },
             None => snap
                 .ports()
                 .iter()
@@ -625,6 +630,24 @@ impl Syncer {
 /// `svcplane_config::diff`, but a shared `Arc<PortView>` (the common case: the config crate
 /// reuses what a reload did not touch) is skipped without comparing keys, since the view
 /// holds its key; so a change costs a pointer comparison per port plus the changed ones.
+/// The changes of `ports` (a superset of what changed) from `prev` to `next`.
+fn delta_ports(
+    prev: &Snapshot,
+    next: &Snapshot,
+    ports: &BTreeSet<ServicePortKey>,
+) -> Vec<Change<ServicePortKey, Arc<PortView>>> {
+    ports
+        .iter()
+        .filter_map(|k| match (prev.port(k), next.port(k)) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) || a == b => None,
+            (Some(_), Some(b)) => Some(Change::Changed(k.clone(), Arc::clone(b))),
+            (None, Some(b)) => Some(Change::Added(k.clone(), Arc::clone(b))),
+            (Some(_), None) => Some(Change::Removed(k.clone())),
+            (None, None) => None,
+        })
+        .collect()
+}
+
 fn changed_ports(
     a: &BTreeMap<ServicePortKey, Arc<PortView>>,
     b: &BTreeMap<ServicePortKey, Arc<PortView>>,

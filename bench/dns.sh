@@ -145,7 +145,9 @@ start_server() {
     local name=$1 dir=$2 port=$3
     case "$name" in
         svcplane)
-            RUST_LOG=warn taskset -c "$SERVER_CPU" "$TMP/svcplane" run \
+            # --mode none: DNS only. The default mode would proxy every Service and add
+            # its ClusterIPs to this (the host's) loopback interface.
+            RUST_LOG=warn taskset -c "$SERVER_CPU" "$TMP/svcplane" run --mode none \
                 --manifests "$dir/manifests" --dns-listen "127.0.0.1:$port" \
                 --admin-listen 127.0.0.1:0 --state-dir "$dir/state" \
                 > "$dir/svcplane.log" 2>&1 &

@@ -31,20 +31,33 @@ fn http_get(addr: SocketAddr) -> String {
     out.rsplit("\r\n\r\n").next().unwrap().to_string()
 }
 
+/// Kills the demo if the test fails before it exits (a panicking test must not leave it).
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn demo_serves_round_robin_and_dns_then_exits_cleanly() {
-    let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--dns-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut guard = Guard(
+        Command::new(BIN)
+            .args([
+                "demo",
+                "--dns-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

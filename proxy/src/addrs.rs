@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
 use rtnetlink::Handle;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol,
 };
@@ -155,34 +156,28 @@ impl VipAddrs {
         }
     }
 
+    /// Removes `ip`/32 (or /128) from `lo` with one request. (A filtered get per address
+    /// would dump every address of `lo` each time: rtnetlink filters dumps in userspace,
+    /// which made removing thousands of VIPs quadratic.)
     async fn del(&self, ip: IpAddr) -> Result<(), AddrError> {
-        let mut found = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(self.lo)
-            .set_address_filter(ip)
-            .execute();
-        while let Some(msg) = found
-            .try_next()
-            .await
-            .map_err(|source| AddrError::Netlink {
-                what: format!("find {ip} on lo"),
+        let mut msg = AddressMessage::default();
+        msg.header.family = if ip.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        msg.header.prefix_len = if ip.is_ipv4() { 32 } else { 128 };
+        msg.header.index = self.lo;
+        msg.attributes.push(AddressAttribute::Local(ip));
+        msg.attributes.push(AddressAttribute::Address(ip));
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => Ok(()),
+            Err(source) => Err(AddrError::Netlink {
+                what: format!("remove {ip} from lo"),
                 source,
-            })?
-        {
-            match self.handle.address().del(msg).execute().await {
-                Ok(()) => {}
-                Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => {}
-                Err(source) => {
-                    return Err(AddrError::Netlink {
-                        what: format!("remove {ip} from lo"),
-                        source,
-                    });
-                }
-            }
+            }),
         }
-        Ok(())
     }
 }
 

@@ -230,7 +230,7 @@ struct Reconciler {
     metrics: Arc<ProxyMetrics>,
     node: NodeConfig,
     registry: Registry,
-    listeners: HashMap<Listen, CancellationToken>,
+    listeners: HashMap<Listen, Listener>,
     /// Listeners whose bind failed (logged once; retried on every snapshot).
     failed_binds: HashSet<Listen>,
     failed_addrs: BTreeSet<IpAddr>,
@@ -253,9 +253,8 @@ impl Reconciler {
                 r = snapshots.changed() => if r.is_err() { break },
             }
         }
-        for (_, token) in self.listeners.drain() {
-            token.cancel();
-        }
+        let closing: Vec<Listener> = self.listeners.drain().map(|(_, l)| l).collect();
+        close(closing).await;
         self.vips
     }
 
@@ -299,13 +298,17 @@ impl Reconciler {
             }
         }
         let wanted: HashSet<Listen> = wanted.into_iter().collect();
-        self.listeners.retain(|l, token| {
-            let keep = wanted.contains(l);
-            if !keep {
-                token.cancel();
-            }
-            keep
-        });
+        let gone: Vec<Listen> = (self.listeners.keys())
+            .filter(|l| !wanted.contains(l))
+            .copied()
+            .collect();
+        let closing: Vec<Listener> = gone
+            .iter()
+            .filter_map(|l| self.listeners.remove(l))
+            .collect();
+        // "Programmed" means a removed frontend's sockets are closed: a connection that
+        // reached a listen backlog after that would be reset instead of refused.
+        close(closing).await;
         self.failed_binds.retain(|l| wanted.contains(l));
         self.metrics.record_sync(
             started.elapsed(),
@@ -325,10 +328,11 @@ impl Reconciler {
 
     fn open(&mut self, listen: Listen) {
         let token = self.cancel.child_token();
-        match self.bind_all(listen, &token) {
+        let mut tasks = Vec::with_capacity(self.workers.len());
+        match self.bind_all(listen, &token, &mut tasks) {
             Ok(()) => {
                 self.failed_binds.remove(&listen);
-                self.listeners.insert(listen, token);
+                self.listeners.insert(listen, Listener { token, tasks });
             }
             Err(e) => {
                 token.cancel();
@@ -340,7 +344,12 @@ impl Reconciler {
     }
 
     /// One socket and accept loop per worker; all or none (`token` stops those started).
-    fn bind_all(&self, listen: Listen, token: &CancellationToken) -> std::io::Result<()> {
+    fn bind_all(
+        &self,
+        listen: Listen,
+        token: &CancellationToken,
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> std::io::Result<()> {
         let reuseport = self.workers.len() > 1;
         for handle in &self.workers {
             // Sockets register with the reactor of the runtime entered here: the worker's.
@@ -349,15 +358,34 @@ impl Reconciler {
             match listen.protocol {
                 Protocol::Tcp => {
                     let l = tcp::bind(listen.addr, reuseport)?;
-                    handle.spawn(tcp::serve(l, listen, shared, token.clone()));
+                    tasks.push(handle.spawn(tcp::serve(l, listen, shared, token.clone())));
                 }
                 Protocol::Udp => {
                     let s = udp::bind(listen.addr, reuseport)?;
-                    handle.spawn(udp::serve(s, listen, shared, token.clone()));
+                    tasks.push(handle.spawn(udp::serve(s, listen, shared, token.clone())));
                 }
                 Protocol::Sctp => return Ok(()),
             }
         }
         Ok(())
+    }
+}
+
+/// One frontend's sockets: a serve task per worker, each owning its socket.
+struct Listener {
+    token: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Stops the listeners and waits until their tasks have dropped (closed) their sockets.
+async fn close(listeners: Vec<Listener>) {
+    for l in &listeners {
+        l.token.cancel();
+    }
+    for l in listeners {
+        for task in l.tasks {
+            // A task that panicked or was aborted has dropped its socket as well.
+            let _ = task.await;
+        }
     }
 }

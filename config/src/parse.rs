@@ -350,6 +350,11 @@ fn convert<T: serde::de::DeserializeOwned>(
     value: Value,
     f: impl FnOnce(&mut Ctx<'_>, T) -> Option<Object>,
 ) -> Option<Object> {
+    // Fast path: borrow the value (keys are not copied, no path is tracked). Only an
+    // object that does not fit its type pays for serde_path_to_error, to name the field.
+    if let Ok(typed) = T::deserialize(&value) {
+        return f(ctx, typed);
+    }
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(typed) => f(ctx, typed),
         Err(e) => {

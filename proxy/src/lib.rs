@@ -32,6 +32,7 @@
 
 pub mod addrs;
 pub mod endpoint;
+pub mod limits;
 mod metrics;
 pub mod route;
 mod shared;
@@ -124,6 +125,15 @@ impl UserspaceProxy {
         opts: ProxyOptions,
         snapshots: watch::Receiver<Arc<Snapshot>>,
     ) -> Result<Self, ProxyError> {
+        match limits::raise_open_files() {
+            Ok(l) if l.raised() => tracing::info!(
+                from = l.before,
+                to = l.after,
+                "raised the open files limit (every frontend takes a socket per worker)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read or raise the open files limit"),
+        }
         let vips = if opts.manage_addresses || opts.node_ips.is_none() {
             Some(VipAddrs::open().await?)
         } else {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -116,13 +116,11 @@ fn reset(s: &TcpStream) {
 
 /// Copies both directions until each has seen EOF (passing each EOF on as a half-close)
 /// or either fails (then both sides are reset).
-async fn splice(mut client: TcpStream, mut upstream: TcpStream, ep: &EndpointState) {
-    let (cr, cw) = client.split();
-    let (ur, uw) = upstream.split();
+async fn splice(client: TcpStream, upstream: TcpStream, ep: &EndpointState) {
     let ended = AtomicBool::new(false);
     let res = tokio::try_join!(
-        pump(cr, uw, &ep.stats.bytes_to_endpoint, &ended),
-        pump(ur, cw, &ep.stats.bytes_to_client, &ended),
+        pump(&client, &upstream, &ep.stats.bytes_to_endpoint, &ended),
+        pump(&upstream, &client, &ep.stats.bytes_to_client, &ended),
     );
     if res.is_err() {
         reset(&client);
@@ -133,27 +131,69 @@ async fn splice(mut client: TcpStream, mut upstream: TcpStream, ep: &EndpointSta
 /// Copies `from` to `to` until EOF. The first direction to end passes its EOF on with a
 /// half-close; when the second one ends, both sockets are fully read and closing them (on
 /// drop) sends the last FIN, so no shutdown call is needed.
-async fn pump<R, W>(mut from: R, mut to: W, bytes: &AtomicU64, ended: &AtomicBool) -> io::Result<()>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    // Not zeroed: `read_buf` only exposes what the socket wrote.
-    let mut buf = Vec::with_capacity(BUF);
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    bytes: &AtomicU64,
+    ended: &AtomicBool,
+) -> io::Result<()> {
+    let mut buf = vec![0; BUF];
     loop {
-        buf.clear();
-        let n = from.read_buf(&mut buf).await?;
+        let n = read_some(from, &mut buf).await?;
         if n == 0 {
             if !ended.swap(true, Ordering::Relaxed) {
                 // Half-close; the other direction keeps running. A peer that is already
                 // gone makes shutdown fail, which changes nothing here.
-                let _ = to.shutdown().await;
+                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
             }
             return Ok(());
         }
-        to.write_all(&buf).await?;
+        write_all(to, &buf[..n]).await?;
         bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// Reads what the socket holds into `buf`; 0 at EOF.
+///
+/// A read that returns less than the buffer's room has emptied the receive queue, so the
+/// socket's readiness is cleared right there instead of by a second read that would only
+/// return EAGAIN (HAProxy does the same): one `recv` per message instead of two. Tokio
+/// clears readiness only if no new edge arrived since it was observed, so data that lands
+/// between the read and the clear still wakes the next `readable()`.
+async fn read_some(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        s.readable().await?;
+        let mut drained = None;
+        let res = s.try_io(Interest::READABLE, || {
+            let n = std::io::Read::read(&mut &*socket2::SockRef::from(s), buf)?;
+            if n > 0 && n < buf.len() {
+                drained = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match res {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Some(n) = drained {
+                    return Ok(n);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `data`, waiting for room when the socket's send buffer is full.
+async fn write_all(s: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match s.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -171,25 +211,46 @@ mod tests {
         assert!(s.nodelay().unwrap());
     }
 
-    #[tokio::test]
-    async fn pump_copies_everything_then_half_closes() {
+    async fn pair() -> (TcpStream, TcpStream) {
         let l = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
         let addr = l.local_addr().unwrap();
         let (accepted, client) = tokio::join!(l.accept(), TcpStream::connect(addr));
-        let (mut server, _) = accepted.unwrap();
-        let client = client.unwrap();
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn pump_copies_everything_then_half_closes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut writer, from) = pair().await;
+        let (to, mut reader) = pair().await;
+        // Writes of sizes around the buffer's: short reads, full reads, writes that wait.
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let bytes = AtomicU64::new(0);
-        let (r, w) = tokio::io::split(client);
-        let _keep = r;
         let ended = AtomicBool::new(false);
-        let (pumped, got) = tokio::join!(pump(&data[..], w, &bytes, &ended), async {
+        let send = async {
+            let sizes = [1, BUF - 1, BUF, BUF + 7, 3 * BUF];
+            let mut rest = &data[..];
+            for size in sizes.iter().cycle() {
+                let (chunk, tail) = rest.split_at((*size).min(rest.len()));
+                writer.write_all(chunk).await.unwrap();
+                rest = tail;
+                if rest.is_empty() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            writer.shutdown().await.unwrap();
+        };
+        let receive = async {
             let mut got = Vec::new();
-            server.read_to_end(&mut got).await.unwrap();
+            reader.read_to_end(&mut got).await.unwrap();
             got
-        });
+        };
+        let ((), pumped, got) = tokio::join!(send, pump(&from, &to, &bytes, &ended), receive);
         pumped.unwrap();
-        assert_eq!(got, data, "every byte, then EOF");
-        assert_eq!(bytes.load(Ordering::Relaxed), data.len() as u64);
+        let sent = data;
+        assert_eq!(got, sent, "every byte in order, then EOF");
+        assert_eq!(bytes.load(Ordering::Relaxed), sent.len() as u64);
+        assert!(ended.load(Ordering::Relaxed), "the EOF was passed on");
     }
 }

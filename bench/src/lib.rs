@@ -169,6 +169,11 @@ fn run_inner(config: &BenchConfig) -> Result<String> {
     outcome.map(|()| md)
 }
 
+/// Busy share of all CPUs below which the machine counts as quiet before a mode's slot.
+const QUIET_BUSY: f64 = 0.05;
+/// How long a slot waits for quiet at most.
+const QUIET_LIMIT: Duration = Duration::from_secs(20);
+
 /// A fresh topology with its backends running. Every mode's slot gets its own: nothing a
 /// mode leaves in the kernel (iptables-legacy tables cannot be unregistered, and they keep
 /// conntrack hooks in the namespace) can tax the modes measured after it.
@@ -236,6 +241,16 @@ fn measure_all(
                     iptables_restore: config.iptables_backend.program(),
                 };
                 let mut active = modes::setup(ctx, mode, services)?;
+                // The previous slot's namespaces are still being torn down by the kernel.
+                let (waited, quiet) = sys::wait_quiet(QUIET_BUSY, QUIET_LIMIT);
+                if !quiet {
+                    eprintln!(
+                        "\nwarning: the machine did not become quiet within {:.0} s \
+                         (CPUs over {:.0} % busy); measuring {mode} anyway",
+                        waited.as_secs_f64(),
+                        QUIET_BUSY * 100.0
+                    );
+                }
                 let result = measure_slot(
                     config,
                     ctx,

@@ -146,3 +146,44 @@ pub(crate) fn pid_cpu(pid: u32) -> Option<Duration> {
     // Linux reports these in USER_HZ, 100 on every supported architecture.
     Some(Duration::from_millis(ticks * 10))
 }
+
+/// Busy and total jiffies of every CPU together (`/proc/stat`'s `cpu` line).
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    // idle + iowait
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Waits until the machine is quiet: the CPUs together less than `max_busy` busy over two
+/// consecutive 100 ms windows, or `limit` passed. Deleting a network namespace is finished
+/// by the kernel afterwards, on a worker thread (its sockets, thousands in TIME_WAIT after a
+/// connection test, are torn down there), and that work would otherwise run during the next
+/// mode's measurements. Returns how long it waited and whether the machine became quiet.
+pub(crate) fn wait_quiet(max_busy: f64, limit: Duration) -> (Duration, bool) {
+    let started = std::time::Instant::now();
+    let mut quiet_windows = 0;
+    let Some(mut last) = cpu_jiffies() else {
+        return (Duration::ZERO, true);
+    };
+    while started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(100));
+        let Some(now) = cpu_jiffies() else {
+            return (started.elapsed(), true);
+        };
+        let (busy, total) = (now.0 - last.0, now.1 - last.1);
+        last = now;
+        let quiet = total > 0 && (busy as f64) < max_busy * total as f64;
+        quiet_windows = if quiet { quiet_windows + 1 } else { 0 };
+        if quiet_windows >= 2 {
+            return (started.elapsed(), true);
+        }
+    }
+    (started.elapsed(), false)
+}

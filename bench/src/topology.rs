@@ -266,7 +266,7 @@ impl Netns {
         // TIME_WAIT period, and a SYN meeting an old TIME_WAIT socket stalls for a 1 s
         // retransmission. That would measure port reuse, not the data planes.
         ns.sysctl(&[
-            "net.ipv4.ip_local_port_range=1024 65000",
+            "net.ipv4.ip_local_port_range=1024 65535",
             "net.ipv4.tcp_tw_reuse=1",
             "net.ipv4.tcp_max_tw_buckets=0",
             "net.core.somaxconn=65535",

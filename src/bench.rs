@@ -18,6 +18,7 @@ pub(crate) fn main(args: BenchArgs) -> ExitCode {
     modes.dedup();
     let config = svcplane_bench::BenchConfig {
         modes,
+        endpoints: usize::from(args.endpoints),
         services: args.services,
         tests: args.tests,
         duration: secs(args.duration),

@@ -68,6 +68,11 @@ pub(crate) struct BenchArgs {
     /// measured at each count, with the measured Service last.
     #[arg(long, value_delimiter = ',', default_value = "0,1000,10000")]
     pub(crate) services: Vec<u32>,
+    /// Endpoints of the measured Service (1-3 backends). With 1, every mode sends to the
+    /// backend `direct` uses, which isolates what the data plane itself costs.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u8).range(1..=3))]
+    pub(crate) endpoints: u8,
     /// Tests, comma-separated: conn (new connections/s), keepalive (requests/s), latency
     /// (p50/p99/p99.9 at --rate), bulk (Gbit/s), program (cold load, one endpoint change).
     #[arg(

@@ -34,8 +34,16 @@ fn bench_netns() -> BTreeSet<String> {
         .collect()
 }
 
+/// One bench at a time: each waits for a quiet machine before every mode.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs `svcplane bench`; returns its output and pid (the prefix of its namespaces).
 fn bench(out: &Path, modes: &str, services: &str, extra: &[&str]) -> (std::process::Output, u32) {
+    let _one = one_at_a_time();
     let child = Command::new(BIN)
         .args(["bench", "--modes", modes, "--services", services])
         .args(["--duration", "1", "--runs", "1", "--warmup", "0.2"])
@@ -147,6 +155,20 @@ fn bench_writes_every_requested_cell() {
             }
         }
     }
+    // The eBPF programs' run time per connection, from the kernel's accounting.
+    if have("bpftool") {
+        let bpf: Vec<f64> = json["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["mode"] == "ebpf" && r["test"] == "conn")
+            .filter_map(|r| r["figures"]["bpf_ns_per_op"].as_f64())
+            .collect();
+        assert!(
+            !bpf.is_empty() && bpf.iter().all(|ns| *ns > 0.0),
+            "bpf_ns_per_op {bpf:?}"
+        );
+    }
     // Every non-direct conn figure has a ratio to direct.
     let ratios = json["summary"]
         .as_array()
@@ -165,7 +187,7 @@ fn bench_writes_every_requested_cell() {
             .lines()
             .find(|l| l.starts_with(&format!("| 0 | {mode} |")))
             .unwrap_or_else(|| panic!("no row for {mode}:\n{md}"));
-        assert_eq!(row.matches('|').count(), 15, "{row}");
+        assert_eq!(row.matches('|').count(), 16, "{row}");
         if *mode != "direct" {
             assert!(row.contains("x)"), "ratios in {row}");
         }
@@ -207,6 +229,47 @@ fn bench_writes_every_requested_cell() {
         .filter(|n| n.starts_with(&format!("svb{pid}x")))
         .collect();
     assert!(leftover.is_empty(), "namespaces left behind: {leftover:?}");
+}
+
+/// `--endpoints 1`: every mode sends to direct's backend; the BPF statistics switch is
+/// restored afterwards.
+#[test]
+fn one_endpoint_sends_every_mode_to_directs_backend() {
+    if !require_root() {
+        return;
+    }
+    let stats = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(stats).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (r, _) = bench(
+        &out,
+        "direct,userspace,ebpf",
+        "0",
+        &["--endpoints", "1", "--tests", "conn", "--dns", "off"],
+    );
+    assert!(
+        r.status.success(),
+        "svcplane bench failed:\n{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["config"]["endpoints"], 1);
+    let records = json["records"].as_array().unwrap();
+    assert_eq!(records.len(), 3, "{records:?}");
+    for r in records {
+        let share = r["figures"]["share_b0"].as_f64().unwrap();
+        assert!(share > 0.999, "{r}");
+    }
+    assert_eq!(std::fs::read_to_string(stats).unwrap(), before);
+    // Out of range: refused by the parser.
+    let bad = Command::new(BIN)
+        .args(["bench", "--endpoints", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--endpoints"));
 }
 
 #[test]
@@ -259,6 +322,7 @@ fn ctrl_c_removes_everything() {
     if !require_root() {
         return;
     }
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let before = bench_netns();
     let mut child = Command::new(BIN)

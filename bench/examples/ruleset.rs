@@ -13,7 +13,7 @@ fn main() -> Result<(), String> {
         return Err("usage: ruleset iptables|nftables N".into());
     };
     let n: u32 = n.parse().map_err(|e| format!("{n}: {e}"))?;
-    let svcs = services::service_set(n);
+    let svcs = services::service_set(n, svcplane_bench::topology::BACKENDS);
     match kind.as_str() {
         "iptables" => print!("{}", rules::iptables_ruleset(&svcs)),
         "nftables" => print!("{}", rules::nft_ruleset(&svcs)),

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+mod bpfstats;
 pub mod dns;
 pub mod error;
 pub mod load;
@@ -37,6 +38,8 @@ pub use report::{Machine, Record};
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
     pub modes: Vec<Mode>,
+    /// Endpoints of the measured Service, 1 to 3 (the first N backends; `direct` uses one).
+    pub endpoints: usize,
     /// Filler Service counts; every mode is measured at each.
     pub services: Vec<u32>,
     pub tests: Vec<Test>,
@@ -237,6 +240,7 @@ fn measure_all(
                     svcplane: &config.svcplane,
                     work,
                     proxy_cpu: config.proxy_cpu,
+                    endpoints: config.endpoints,
                     cgroup,
                     iptables_restore: config.iptables_backend.program(),
                 };
@@ -287,6 +291,11 @@ fn measure_slot(
     (started, slot, slots): (Instant, usize, usize),
 ) -> Result<()> {
     let mode = active.mode;
+    // The eBPF programs' own run time (kernel accounting), while this slot runs.
+    let bpf = match (mode, ctx.cgroup) {
+        (Mode::Ebpf, Some(cg)) => bpfstats::BpfStats::enable(cg.path()),
+        _ => None,
+    };
     if !config.warmup.is_zero() {
         let warm = LoadOptions {
             duration: config.warmup / 2,
@@ -315,6 +324,7 @@ fn measure_slot(
             ),
         );
         let before: Vec<u64> = backends.iter().map(backend::Backend::accepted).collect();
+        let bpf_before = bpf.as_ref().and_then(bpfstats::BpfStats::totals);
         let (mut figures, errors) = load::measure(
             ctx.topo.client.name(),
             active.target,
@@ -322,6 +332,21 @@ fn measure_slot(
             opts,
             active.proxy_pid,
         )?;
+        let bpf_after = bpf.as_ref().and_then(bpfstats::BpfStats::totals);
+        if let (Some((runs0, ns0)), Some((runs1, ns1))) = (bpf_before, bpf_after) {
+            let rate = figures
+                .get("conn_per_s")
+                .or_else(|| figures.get("req_per_s"))
+                .copied();
+            if let (Some(rate), Some(&elapsed)) = (rate, figures.get("elapsed_s")) {
+                let ops = (rate * elapsed).max(1.0);
+                figures.insert("bpf_ns_per_op".into(), ns1.saturating_sub(ns0) as f64 / ops);
+                figures.insert(
+                    "bpf_runs_per_op".into(),
+                    runs1.saturating_sub(runs0) as f64 / ops,
+                );
+            }
+        }
         if test == Test::Conn {
             // How the mode spread the new connections over the backends.
             let got: Vec<u64> = backends
@@ -454,6 +479,7 @@ fn write_outputs(
             "latency_rate_per_s": config.rate,
             "bulk_bytes": config.bulk_bytes,
             "proxy_cpu": config.proxy_cpu,
+            "endpoints": config.endpoints,
             "load_cpu": config.load_cpu,
             "dns": config.runs_dns(),
             "iptables_restore": config.iptables_backend.program(),

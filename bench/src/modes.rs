@@ -103,6 +103,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) svcplane: &'a Path,
     pub(crate) work: &'a Path,
     pub(crate) proxy_cpu: usize,
+    /// Endpoints of the measured Service (the first N backends).
+    pub(crate) endpoints: usize,
     pub(crate) cgroup: Option<&'a ClientCgroup>,
     /// `iptables-legacy-restore` or `iptables-(nft-)restore`.
     pub(crate) iptables_restore: &'a str,
@@ -142,7 +144,7 @@ fn vip_target() -> SocketAddr {
 
 /// Sets `mode` up with `fillers` filler Services; returns once the measured Service answers.
 pub(crate) fn setup(ctx: &Ctx<'_>, mode: Mode, fillers: u32) -> Result<Active> {
-    let svcs = services::service_set(fillers);
+    let svcs = services::service_set(fillers, ctx.endpoints);
     let mut program = Figures::new();
     let (target, state, proxy_pid) = match mode {
         Mode::Direct => (
@@ -333,7 +335,7 @@ fn spawn_in_node(ctx: &Ctx<'_>, program: &Path, args: &[String], log: &Path) -> 
 }
 
 fn start_haproxy(ctx: &Ctx<'_>) -> Result<(Child, PathBuf)> {
-    let servers: String = (0..topology::BACKENDS)
+    let servers: String = (0..ctx.endpoints.clamp(1, topology::BACKENDS))
         .map(|k| format!("    server b{k} {}:{BACKEND_PORT}\n", backend_ip(k)))
         .collect();
     let cfg = format!(

@@ -93,9 +93,10 @@ pub fn summarize(records: &[Record]) -> Vec<Cell> {
 }
 
 /// The markdown table's columns: (header, test, figure).
-pub const COLUMNS: [(&str, Test, &str); 12] = [
+pub const COLUMNS: [(&str, Test, &str); 13] = [
     ("new conn/s", Test::Conn, "conn_per_s"),
     ("CPU µs/conn", Test::Conn, "total_cpu_us_per_op"),
+    ("BPF ns/conn", Test::Conn, "bpf_ns_per_op"),
     ("keep-alive req/s", Test::Keepalive, "req_per_s"),
     ("CPU µs/req", Test::Keepalive, "total_cpu_us_per_op"),
     ("proxy CPU µs/req", Test::Keepalive, "proxy_cpu_us_per_op"),

@@ -322,7 +322,7 @@ mod tests {
 
     #[test]
     fn chain_names_have_kube_proxys_shape() {
-        let set = service_set(2);
+        let set = service_set(2, crate::topology::BACKENDS);
         let c = svc_chain(&set[0]);
         assert!(c.starts_with("KUBE-SVC-") && c.len() == 9 + 16, "{c}");
         assert!(
@@ -340,7 +340,7 @@ mod tests {
 
     #[test]
     fn iptables_ruleset_structure() {
-        let set = service_set(2);
+        let set = service_set(2, crate::topology::BACKENDS);
         let r = iptables_ruleset(&set);
         let web = set.last().unwrap();
         let svc = svc_chain(web);
@@ -387,7 +387,7 @@ mod tests {
 
     #[test]
     fn nft_ruleset_structure() {
-        let set = service_set(1);
+        let set = service_set(1, crate::topology::BACKENDS);
         let r = nft_ruleset(&set);
         assert_eq!(
             r.matches("add element ip kube-proxy service-ips").count(),

@@ -32,8 +32,8 @@ impl Svc {
     }
 }
 
-/// Fillers first, the probe, the measured Service last.
-pub fn service_set(fillers: u32) -> Vec<Svc> {
+/// Fillers first, the probe, the measured Service last (on the first `endpoints` backends).
+pub fn service_set(fillers: u32, endpoints: usize) -> Vec<Svc> {
     let mut out: Vec<Svc> = (0..fillers).map(filler).collect();
     out.push(probe(false));
     out.push(Svc {
@@ -42,7 +42,7 @@ pub fn service_set(fillers: u32) -> Vec<Svc> {
         vip: MEASURED_VIP,
         port: SERVICE_PORT,
         target_port: BACKEND_PORT,
-        endpoints: (0..BACKENDS).map(backend_ip).collect(),
+        endpoints: (0..endpoints.clamp(1, BACKENDS)).map(backend_ip).collect(),
     });
     out
 }
@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn measured_is_last_and_fillers_are_distinct() {
-        let set = service_set(1000);
+        let set = service_set(1000, BACKENDS);
         assert_eq!(set.len(), 1002);
         assert_eq!(set.last().map(|s| s.vip), Some(MEASURED_VIP));
         let vips: std::collections::HashSet<_> = set.iter().map(|s| s.vip).collect();

@@ -48,6 +48,8 @@ pub struct VipAddrs {
     handle: Handle,
     lo: u32,
     owned: BTreeSet<IpAddr>,
+    /// Wanted addresses the machine already had when last listed (not ours to remove).
+    foreign: BTreeSet<IpAddr>,
     conn: tokio::task::JoinHandle<()>,
 }
 
@@ -65,6 +67,7 @@ impl VipAddrs {
             handle,
             lo,
             owned: BTreeSet::new(),
+            foreign: BTreeSet::new(),
             conn,
         };
         me.owned = me
@@ -101,21 +104,35 @@ impl VipAddrs {
     /// Makes `wanted` local: adds those that are not (as /32 or /128 on `lo`) and removes
     /// the ones it added that are no longer wanted. Returns the failures; one bad address
     /// does not stop the others.
+    ///
+    /// The machine's addresses are listed only when an address not seen before is wanted:
+    /// a dump of 10,000 VIPs costs tens of milliseconds, and most snapshots (endpoint
+    /// changes) want no new address.
     pub async fn reconcile(&mut self, wanted: &BTreeSet<IpAddr>) -> Vec<AddrError> {
         let mut errors = Vec::new();
-        let present: BTreeSet<IpAddr> = match self.list().await {
-            Ok(list) => list.into_iter().map(|a| a.ip).collect(),
-            Err(e) => return vec![e],
-        };
-        for &ip in wanted {
-            if self.owned.contains(&ip) || present.contains(&ip) || always_local(ip) {
-                continue;
-            }
-            match self.add(ip).await {
-                Ok(()) => {
-                    self.owned.insert(ip);
+        self.foreign.retain(|ip| wanted.contains(ip));
+        let known =
+            |ip: &IpAddr| self.owned.contains(ip) || self.foreign.contains(ip) || always_local(*ip);
+        if !wanted.iter().all(known) {
+            let present: BTreeSet<IpAddr> = match self.list().await {
+                Ok(list) => list.into_iter().map(|a| a.ip).collect(),
+                Err(e) => return vec![e],
+            };
+            self.foreign = wanted
+                .iter()
+                .filter(|ip| present.contains(ip) && !self.owned.contains(ip))
+                .copied()
+                .collect();
+            for &ip in wanted {
+                if self.owned.contains(&ip) || self.foreign.contains(&ip) || always_local(ip) {
+                    continue;
                 }
-                Err(e) => errors.push(e),
+                match self.add(ip).await {
+                    Ok(()) => {
+                        self.owned.insert(ip);
+                    }
+                    Err(e) => errors.push(e),
+                }
             }
         }
         let stale: Vec<IpAddr> = self.owned.difference(wanted).copied().collect();

@@ -82,6 +82,9 @@ pub struct FrontendTable {
 #[derive(Debug, Default)]
 pub struct Registry {
     ports: HashMap<ServicePortKey, PortSlot>,
+    /// The last build had no conflict: each port's frontends depended on that port alone,
+    /// so a port whose view is unchanged can keep them.
+    clean: bool,
     probe: Option<(SocketAddr, Arc<EndpointState>)>,
     warned_sctp: BTreeSet<ServiceKey>,
 }
@@ -89,7 +92,31 @@ pub struct Registry {
 #[derive(Debug, Default)]
 struct PortSlot {
     affinity: Arc<AffinityTable>,
-    endpoints: HashMap<SocketAddr, Arc<EndpointState>>,
+    /// Sorted by address, one per address (binary search: no hashing, one allocation).
+    endpoints: Vec<(SocketAddr, Arc<EndpointState>)>,
+    /// What the last build made of this port, and from which view.
+    built: Option<Built>,
+}
+
+/// One port's share of a table: kept whole while the snapshot keeps the port's view (the
+/// same `Arc`, so the same contents), which makes a one-Service change cost that Service
+/// instead of a rebuild of 10,000 (114-157 ms at 10,000 Services before).
+#[derive(Debug)]
+struct Built {
+    view: Arc<PortView>,
+    /// This port's frontends, sorted by address.
+    frontends: Vec<FrontendEntry>,
+    /// Every endpoint, routable or not (`FrontendTable::ports`).
+    endpoints: Vec<Arc<EndpointState>>,
+}
+
+impl PortSlot {
+    fn get(&self, addr: &SocketAddr) -> Option<&Arc<EndpointState>> {
+        self.endpoints
+            .binary_search_by(|(a, _)| a.cmp(addr))
+            .ok()
+            .map(|i| &self.endpoints[i].1)
+    }
 }
 
 /// Something the build could not serve, to log once.
@@ -145,31 +172,55 @@ pub fn build(
             sctp.insert(key.service.clone());
             continue;
         }
-        let old = reg.ports.remove(key).unwrap_or_default();
-        let slot = PortSlot {
-            endpoints: view
-                .endpoints
-                .iter()
-                .map(|e| {
-                    let state = old
-                        .endpoints
-                        .get(&e.backend.0)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(EndpointState::new(e.backend.0)));
-                    state.set_conditions(e.conditions);
-                    (e.backend.0, state)
-                })
-                .collect(),
+        let mut old = reg.ports.remove(key).unwrap_or_default();
+        if reg.clean
+            && let Some(built) = old.built.take_if(|b| Arc::ptr_eq(&b.view, view))
+            && reuse(&mut table, &built)
+        {
+            table.ports.insert(key.clone(), built.endpoints.clone());
+            old.built = Some(built);
+            slots.insert(key.clone(), old);
+            continue;
+        }
+        let mut endpoints: Vec<(SocketAddr, Arc<EndpointState>)> = view
+            .endpoints
+            .iter()
+            .map(|e| {
+                let state = old
+                    .get(&e.backend.0)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(EndpointState::new(e.backend.0)));
+                (e.backend.0, state)
+            })
+            .collect();
+        // The same address twice (two slices): one state, with the last one's conditions,
+        // as when this was a map filled in order.
+        endpoints.sort_by_key(|a| a.0);
+        endpoints.dedup_by(|a, b| a.0 == b.0);
+        for e in &view.endpoints {
+            if let Ok(i) = endpoints.binary_search_by(|(a, _)| a.cmp(&e.backend.0)) {
+                endpoints[i].1.set_conditions(e.conditions);
+            }
+        }
+        let mut slot = PortSlot {
+            endpoints,
             affinity: old.affinity,
+            built: None,
         };
+        let first = table.frontends.len();
         add_port(&mut table, &mut warnings, key, view, &slot, node);
-        table.ports.insert(
-            key.clone(),
-            view.endpoints
-                .iter()
-                .filter_map(|e| slot.endpoints.get(&e.backend.0).cloned())
-                .collect(),
-        );
+        table.frontends[first..].sort_by_key(|f| f.listen);
+        let all: Vec<Arc<EndpointState>> = view
+            .endpoints
+            .iter()
+            .filter_map(|e| slot.get(&e.backend.0).cloned())
+            .collect();
+        slot.built = Some(Built {
+            view: Arc::clone(view),
+            frontends: table.frontends[first..].to_vec(),
+            endpoints: all.clone(),
+        });
+        table.ports.insert(key.clone(), all);
         slots.insert(key.clone(), slot);
     }
     reg.ports = slots;
@@ -177,10 +228,32 @@ pub fn build(
     if let Some(probe) = node.probe {
         add_probe(&mut table, &mut warnings, reg, probe);
     }
+    reg.clean = !warnings
+        .iter()
+        .any(|w| matches!(w, BuildWarning::Conflict { .. }));
+    // Ports come in key order with their frontends sorted by address: sorted already but
+    // for the probe's entry (a stable sort of sorted runs is linear).
     table
         .frontends
         .sort_by(|a, b| (&a.route.key, a.listen).cmp(&(&b.route.key, b.listen)));
     (table, warnings)
+}
+
+/// Puts a port's frontends from the last build into `table`; false (and nothing put) if
+/// one of its addresses is taken by now.
+fn reuse(table: &mut FrontendTable, built: &Built) -> bool {
+    if built
+        .frontends
+        .iter()
+        .any(|f| table.routes.contains_key(&f.listen))
+    {
+        return false;
+    }
+    for f in &built.frontends {
+        table.routes.insert(f.listen, Arc::clone(&f.route));
+        table.frontends.push(f.clone());
+    }
+    true
 }
 
 /// The self-test frontend: first served, so a Service cannot take its address.
@@ -233,17 +306,20 @@ fn add_port(
         )),
     };
     // One route per (scope, family): the frontends that share it share its rotation.
-    let mut routes: HashMap<(bool, IpFamily), Arc<Route>> = HashMap::new();
+    let mut routes: Vec<((bool, IpFamily), Arc<Route>)> = Vec::with_capacity(2);
     let mut route = |scope: TrafficScope, family: IpFamily| {
-        let internal = scope == TrafficScope::Internal;
-        Arc::clone(routes.entry((internal, family)).or_insert_with(|| {
-            let eps = view
-                .routable_endpoints(node.node_name.as_deref(), scope, family)
-                .into_iter()
-                .filter_map(|e| slot.endpoints.get(&e.backend.0).cloned())
-                .collect();
-            Arc::new(Route::new(key.clone(), eps, affinity.clone()))
-        }))
+        let id = (scope == TrafficScope::Internal, family);
+        if let Some((_, r)) = routes.iter().find(|(k, _)| *k == id) {
+            return Arc::clone(r);
+        }
+        let eps = view
+            .routable_endpoints(node.node_name.as_deref(), scope, family)
+            .into_iter()
+            .filter_map(|e| slot.get(&e.backend.0).cloned())
+            .collect();
+        let r = Arc::new(Route::new(key.clone(), eps, affinity.clone()));
+        routes.push((id, Arc::clone(&r)));
+        r
     };
     let (port, protocol) = (key.port, key.protocol);
     let mut wanted: Vec<(IpAddr, u16, FrontendKind, TrafficScope)> = Vec::new();
@@ -258,13 +334,9 @@ fn add_port(
     }
     if let Some(np) = view.node_port {
         // A node address serves the NodePort when the Service has that family.
-        let families: BTreeSet<IpFamily> = view
-            .cluster_ips
-            .iter()
-            .map(|&ip| IpFamily::of(ip))
-            .collect();
+        let has = |f: IpFamily| view.cluster_ips.iter().any(|&ip| IpFamily::of(ip) == f);
         for &ip in &node.node_ips {
-            if families.contains(&IpFamily::of(ip)) {
+            if has(IpFamily::of(ip)) {
                 wanted.push((ip, np, FrontendKind::NodePort, TrafficScope::External));
             }
         }
@@ -506,6 +578,79 @@ endpoints:
         assert_eq!(addrs(r2), ["10.0.1.1:8080"]);
         assert!(Arc::ptr_eq(&r1.endpoints[0], &r2.endpoints[0]));
         assert!(r2.endpoints[0].is_ejected(6));
+    }
+
+    /// The table as (address, port key, endpoint addresses) rows, in frontend order.
+    fn rows(t: &FrontendTable) -> Vec<(Listen, String, Vec<String>)> {
+        t.frontends
+            .iter()
+            .map(|f| {
+                (
+                    f.listen,
+                    f.route.key.to_string(),
+                    addrs(&t.routes[&f.listen]),
+                )
+            })
+            .collect()
+    }
+
+    /// A change to one Service rebuilds that Service's frontends only (same `Route` for the
+    /// others, rotation and all), and the table equals a full rebuild's.
+    #[test]
+    fn unchanged_ports_keep_their_frontends_and_the_table_matches_a_full_build() {
+        const OTHER: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: default}
+spec:
+  clusterIP: 10.96.0.20
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-1, namespace: default, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- {addresses: [10.0.2.1]}
+"#;
+        let dir = tempfile_dir();
+        std::fs::write(dir.join("web.yaml"), WEB).unwrap();
+        std::fs::write(dir.join("api.yaml"), OTHER).unwrap();
+        let mut loader = Loader::new(dir.clone(), ParseOptions::default());
+        let s1 = loader.reload().unwrap().0.unwrap();
+        let mut reg = Registry::default();
+        let (t1, _) = build(&s1, &node(), &mut reg);
+        // One endpoint of api changes; web is untouched.
+        let changed = OTHER.replace("10.0.2.1", "10.0.2.9");
+        std::fs::write(dir.join("api.yaml"), changed).unwrap();
+        let s2 = loader.reload().unwrap().0.unwrap();
+        let (t2, w2) = build(&s2, &node(), &mut reg);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let web = listen("10.96.0.10:80", Protocol::Tcp);
+        let api = listen("10.96.0.20:80", Protocol::Tcp);
+        assert!(Arc::ptr_eq(&t1.routes[&web], &t2.routes[&web]), "web kept");
+        assert!(
+            !Arc::ptr_eq(&t1.routes[&api], &t2.routes[&api]),
+            "api rebuilt"
+        );
+        assert_eq!(addrs(&t2.routes[&api]), ["10.0.2.9:8080"]);
+        let (full, wf) = build(&s2, &node(), &mut Registry::default());
+        assert_eq!(rows(&t2), rows(&full));
+        // (SCTP is warned about once per registry, so only conflicts compare.)
+        let conflicts = |w: Vec<BuildWarning>| -> Vec<BuildWarning> {
+            w.into_iter()
+                .filter(|w| matches!(w, BuildWarning::Conflict { .. }))
+                .collect()
+        };
+        assert_eq!(conflicts(w2), conflicts(wf));
+        let ports = |t: &FrontendTable| -> Vec<(String, usize)> {
+            t.ports
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.len()))
+                .collect()
+        };
+        assert_eq!(ports(&t2), ports(&full));
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!   failed connect, cleared by a successful one), kept across snapshots.
 //! - [`table`]: snapshot → table, with endpoint selection delegated to
 //!   `PortView::routable_endpoints` (ready endpoints; else serving+terminating; traffic
-//!   policies against the node name). The daemon's health self-test adds one more TCP
+//!   policies against the node name). A port whose `PortView` the snapshot kept (same
+//!   `Arc`) keeps its frontends and routes from the last build; only changed ports are
+//!   rebuilt. The daemon's health self-test adds one more TCP
 //!   frontend ([`Probe`], kind `self-test`) to every table, so `/healthz` is answered by a
 //!   connection through this very data path.
 //! - [`addrs`]: netlink (rtnetlink) address listing and the VIPs added to `lo`, tagged so a
@@ -20,8 +22,9 @@
 //! - `workers`: one current-thread runtime per core; every frontend gets one SO_REUSEPORT
 //!   socket and accept loop per worker, and a connection stays on its worker.
 //! - [`status`]: what `svcplane status` prints, read from the live table.
+//! - [`limits`]: the open files limit, raised at start (a socket per frontend per worker).
 //! - `tcp` / `udp`: the data path. TCP: connect with failover, then a copy loop per
-//!   direction with half-close. UDP: one flow per client address with an idle timeout;
+//!   direction with half-close and one `recv` per message. UDP: one flow per client address with an idle timeout;
 //!   replies leave from the frontend socket.
 //!
 //! Established TCP connections are never cut by a snapshot: a removed endpoint or frontend

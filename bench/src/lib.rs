@@ -165,8 +165,11 @@ fn run_inner(config: &BenchConfig) -> Result<String> {
     let mut dns_records = Vec::new();
     let mut outcome = measure_all(config, &work.0, Some(&cgroup), &mut records);
     if outcome.is_ok() && config.runs_dns() {
-        outcome = topology::Topology::new()
-            .and_then(|topo| measure_dns(config, &topo, &work.0, &mut dns_records));
+        outcome = topology::Topology::new().and_then(|topo| {
+            // The last proxy slot's namespaces are still being torn down.
+            let _ = sys::wait_quiet(QUIET_BUSY, QUIET_LIMIT);
+            measure_dns(config, &topo, &work.0, &mut dns_records)
+        });
     }
     let md = write_outputs(config, &machine, &records, &dns_records)?;
     outcome.map(|()| md)

@@ -167,7 +167,7 @@ fn run_inner(config: &BenchConfig) -> Result<String> {
     if outcome.is_ok() && config.runs_dns() {
         outcome = topology::Topology::new().and_then(|topo| {
             // The last proxy slot's namespaces are still being torn down.
-            let _ = sys::wait_quiet(QUIET_BUSY, QUIET_LIMIT);
+            settle("DNS");
             measure_dns(config, &topo, &work.0, &mut dns_records)
         });
     }
@@ -179,6 +179,19 @@ fn run_inner(config: &BenchConfig) -> Result<String> {
 const QUIET_BUSY: f64 = 0.05;
 /// How long a slot waits for quiet at most.
 const QUIET_LIMIT: Duration = Duration::from_secs(20);
+
+/// Waits for a quiet machine before measuring `what`; warns when it never gets quiet.
+fn settle(what: &str) {
+    let (waited, quiet) = sys::wait_quiet(QUIET_BUSY, QUIET_LIMIT);
+    if !quiet {
+        eprintln!(
+            "\nwarning: the machine did not become quiet within {:.0} s \
+             (CPUs over {:.0} % busy); measuring {what} anyway",
+            waited.as_secs_f64(),
+            QUIET_BUSY * 100.0
+        );
+    }
+}
 
 /// A fresh topology with its backends running. Every mode's slot gets its own: nothing a
 /// mode leaves in the kernel (iptables-legacy tables cannot be unregistered, and they keep
@@ -249,15 +262,7 @@ fn measure_all(
                 };
                 let mut active = modes::setup(ctx, mode, services)?;
                 // The previous slot's namespaces are still being torn down by the kernel.
-                let (waited, quiet) = sys::wait_quiet(QUIET_BUSY, QUIET_LIMIT);
-                if !quiet {
-                    eprintln!(
-                        "\nwarning: the machine did not become quiet within {:.0} s \
-                         (CPUs over {:.0} % busy); measuring {mode} anyway",
-                        waited.as_secs_f64(),
-                        QUIET_BUSY * 100.0
-                    );
-                }
+                settle(&mode.to_string());
                 let result = measure_slot(
                     config,
                     ctx,

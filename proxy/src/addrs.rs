@@ -111,9 +111,7 @@ impl VipAddrs {
     pub async fn reconcile(&mut self, wanted: &BTreeSet<IpAddr>) -> Vec<AddrError> {
         let mut errors = Vec::new();
         self.foreign.retain(|ip| wanted.contains(ip));
-        let known =
-            |ip: &IpAddr| self.owned.contains(ip) || self.foreign.contains(ip) || always_local(*ip);
-        if !wanted.iter().all(known) {
+        if wanted.iter().any(|ip| self.unaccounted(*ip)) {
             let present: BTreeSet<IpAddr> = match self.list().await {
                 Ok(list) => list.into_iter().map(|a| a.ip).collect(),
                 Err(e) => return vec![e],
@@ -123,10 +121,12 @@ impl VipAddrs {
                 .filter(|ip| present.contains(ip) && !self.owned.contains(ip))
                 .copied()
                 .collect();
-            for &ip in wanted {
-                if self.owned.contains(&ip) || self.foreign.contains(&ip) || always_local(ip) {
-                    continue;
-                }
+            let missing: Vec<IpAddr> = wanted
+                .iter()
+                .copied()
+                .filter(|ip| self.unaccounted(*ip))
+                .collect();
+            for ip in missing {
                 match self.add(ip).await {
                     Ok(()) => {
                         self.owned.insert(ip);
@@ -145,6 +145,12 @@ impl VipAddrs {
             }
         }
         errors
+    }
+
+    /// Neither added by this daemon, nor found on the machine at the last listing, nor local
+    /// anyway.
+    fn unaccounted(&self, ip: IpAddr) -> bool {
+        !self.owned.contains(&ip) && !self.foreign.contains(&ip) && !always_local(ip)
     }
 
     /// Removes every address this daemon added.

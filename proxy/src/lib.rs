@@ -14,9 +14,9 @@
 //!   `PortView::routable_endpoints` (ready endpoints; else serving+terminating; traffic
 //!   policies against the node name). A port whose `PortView` the snapshot kept (same
 //!   `Arc`) keeps its frontends and routes from the last build; only changed ports are
-//!   rebuilt. The daemon's health self-test adds one more TCP
-//!   frontend ([`Probe`], kind `self-test`) to every table, so `/healthz` is answered by a
-//!   connection through this very data path.
+//!   rebuilt. The daemon's health self-test adds one more TCP frontend ([`Probe`], kind
+//!   `self-test`) to every table, so `/healthz` is answered by a connection through this
+//!   very data path.
 //! - [`addrs`]: netlink (rtnetlink) address listing and the VIPs added to `lo`, tagged so a
 //!   later run can tell them apart from addresses it must not touch.
 //! - `workers`: one current-thread runtime per core; every frontend gets one SO_REUSEPORT
@@ -24,8 +24,8 @@
 //! - [`status`]: what `svcplane status` prints, read from the live table.
 //! - [`limits`]: the open files limit, raised at start (a socket per frontend per worker).
 //! - `tcp` / `udp`: the data path. TCP: connect with failover, then a copy loop per
-//!   direction with half-close and one `recv` per message. UDP: one flow per client address with an idle timeout;
-//!   replies leave from the frontend socket.
+//!   direction with half-close and one `recv` per message. UDP: one flow per client
+//!   address with an idle timeout; replies leave from the frontend socket.
 //!
 //! Established TCP connections are never cut by a snapshot: a removed endpoint or frontend
 //! only stops getting new connections. UDP flows end with their frontend, or when their
@@ -311,13 +311,9 @@ impl Reconciler {
             }
         }
         let wanted: HashSet<Listen> = wanted.into_iter().collect();
-        let gone: Vec<Listen> = (self.listeners.keys())
-            .filter(|l| !wanted.contains(l))
-            .copied()
-            .collect();
-        let closing: Vec<Listener> = gone
-            .iter()
-            .filter_map(|l| self.listeners.remove(l))
+        let closing: Vec<Listener> = (self.listeners)
+            .extract_if(|l, _| !wanted.contains(l))
+            .map(|(_, l)| l)
             .collect();
         // "Programmed" means a removed frontend's sockets are closed: a connection that
         // reached a listen backlog after that would be reset instead of refused.

@@ -197,16 +197,16 @@ pub fn build(
         // as when this was a map filled in order.
         endpoints.sort_by_key(|a| a.0);
         endpoints.dedup_by(|a, b| a.0 == b.0);
-        for e in &view.endpoints {
-            if let Ok(i) = endpoints.binary_search_by(|(a, _)| a.cmp(&e.backend.0)) {
-                endpoints[i].1.set_conditions(e.conditions);
-            }
-        }
         let mut slot = PortSlot {
             endpoints,
             affinity: old.affinity,
             built: None,
         };
+        for e in &view.endpoints {
+            if let Some(state) = slot.get(&e.backend.0) {
+                state.set_conditions(e.conditions);
+            }
+        }
         let first = table.frontends.len();
         add_port(&mut table, &mut warnings, key, view, &slot, node);
         table.frontends[first..].sort_by_key(|f| f.listen);

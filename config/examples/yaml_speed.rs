@@ -2,8 +2,9 @@
 //! `from_multiple::<Spanned<Value>>` (what `parse_file` used before) and `yaml::documents`.
 //!
 //! `cargo run --release -p svcplane-config --example yaml_speed -- DIR [REPS [ONLY]]`, where
-//! ONLY (`events`, `saphyr`, `ours` or `parse_file`) times just one of them, for profiling.
-//! `parse_file` is the whole per-file parse (YAML, k8s types, validation), for scale.
+//! ONLY (`events`, `saphyr`, `ours`, `values` or `parse_file`) times just one of them, for
+//! profiling. `parse_file` is the whole per-file parse (YAML, k8s types, validation), for
+//! scale; `values` is the same through `serde_json::Value` (the path the fast one replaced).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use svcplane_config::{ParseOptions, parse_file, yaml};
+use svcplane_config::{ParseOptions, parse_file, parse_file_via_values, yaml};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -33,12 +34,21 @@ fn main() -> anyhow::Result<()> {
         bytes as f64 / 1e6
     );
 
-    // Same documents both ways, before timing anything.
-    for (path, text) in paths.iter().zip(&texts) {
+    let opts = ParseOptions::default();
+    let labels: Vec<Arc<Path>> = paths.iter().map(|p| Arc::from(p.as_path())).collect();
+    // Same documents and objects every way, before timing anything (skipped with ONLY, so
+    // a profile shows one of them alone).
+    for ((path, label), text) in paths.iter().zip(&labels).zip(&texts) {
+        if only.is_some() {
+            break;
+        }
         let theirs = saphyr(text).map_err(|e| e.to_string());
         let ours = yaml::documents(text).map_err(|e| e.to_string());
         if theirs.is_ok() != ours.is_ok() || theirs.as_ref().ok() != ours.as_ref().ok() {
             bail!("{} reads differently", path.display());
+        }
+        if parse_file(label, text, &opts) != parse_file_via_values(label, text, &opts) {
+            bail!("{} parses differently on the fast path", path.display());
         }
     }
 
@@ -69,9 +79,15 @@ fn main() -> anyhow::Result<()> {
         });
         println!("yaml::documents:         {:6.1} MB/s", rate(ours));
     }
+    if run("values") {
+        let whole = best(reps, || {
+            for (label, t) in labels.iter().zip(&texts) {
+                std::hint::black_box(parse_file_via_values(label, t, &opts).objects.len());
+            }
+        });
+        println!("parse_file_via_values:   {:6.1} MB/s", rate(whole));
+    }
     if run("parse_file") {
-        let opts = ParseOptions::default();
-        let labels: Vec<Arc<Path>> = paths.iter().map(|p| Arc::from(p.as_path())).collect();
         let whole = best(reps, || {
             for (label, t) in labels.iter().zip(&texts) {
                 std::hint::black_box(parse_file(label, t, &opts).objects.len());

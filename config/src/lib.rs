@@ -12,7 +12,9 @@
 //! - [`loader`]: a directory tree (or one file) with a per-file parse cache, so a change
 //!   costs one file's parse plus the rebuild;
 //! - [`watch`]: a file watcher that publishes snapshots over `tokio::sync::watch`;
-//! - [`yaml`]: multi-document YAML -> `serde_json::Value`, straight from parser events.
+//! - [`yaml`]: multi-document YAML -> `serde_json::Value`, straight from parser events;
+//!   plain manifests skip the `Value` and go from events straight into the `k8s-openapi`
+//!   types (`typed`), with the `Value` path as the fallback and the reference.
 //!
 //! It must not: touch sockets, know about DNS wire formats or BPF maps, or install a
 //! tracing subscriber.
@@ -28,6 +30,7 @@ pub mod names;
 pub mod parse;
 mod resolver;
 pub mod snapshot;
+mod typed;
 pub mod watch;
 pub mod yaml;
 
@@ -40,7 +43,7 @@ pub use model::{
     PortRange, Protocol, ServiceDef, ServiceKey, ServicePort, ServiceType, SessionAffinity,
     TargetPort, TargetRef, TrafficPolicy,
 };
-pub use parse::{ParseOptions, ParsedFile, parse_file};
+pub use parse::{ParseOptions, ParsedFile, parse_file, parse_file_via_values};
 pub use snapshot::{
     Diagnostics, PortEndpoint, PortView, Service, ServicePortKey, Snapshot, SnapshotDelta,
     TrafficScope,

@@ -1,9 +1,14 @@
 //! Pure parsing: one file's text -> validated objects, errors and warnings. No IO here.
 //!
-//! Each YAML document (or JSON value) is read into a generic value, dispatched on
-//! `apiVersion` + `kind`, deserialized into the `k8s-openapi` type (so real objects with
-//! status, managedFields and unknown fields load) and then converted into the model with
-//! every rule checked. A bad object produces errors and no object; its neighbours load.
+//! Each YAML document (or JSON value) is dispatched on `apiVersion` + `kind`, deserialized
+//! into the `k8s-openapi` type (so real objects with status, managedFields and unknown
+//! fields load) and then converted into the model with every rule checked. A bad object
+//! produces errors and no object; its neighbours load.
+//!
+//! Two ways lead to the typed object, with the same result for every input: plain YAML
+//! goes straight from parser events into the type (`typed`, the fast path); everything
+//! else, and every file with an error, is read into a `serde_json::Value` per document first
+//! ([`parse_file_via_values`]), which is what names the field of a type error.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -123,16 +128,121 @@ pub struct ParsedFile {
 }
 
 /// Parses one manifest file. `file` only labels diagnostics.
+///
+/// YAML made of plain untagged collections and scalars goes straight from parser events
+/// into the `k8s-openapi` types; anything else (and every file with an error) takes
+/// [`parse_file_via_values`], which gives the same result for every input.
 pub fn parse_file(file: &Arc<Path>, text: &str, opts: &ParseOptions) -> ParsedFile {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if !is_json(file)
+        && let Some(docs) = crate::typed::documents(text)
+        && let Some(out) = from_typed(file, text, docs, opts)
+    {
+        return out;
+    }
+    parse_file_via_values(file, text, opts)
+}
+
+fn is_json(file: &Path) -> bool {
+    file.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+}
+
+/// The fast path's documents through the same checks as [`parse_value`]; `None` when an
+/// object is rejected, so the general path reports it (naming the field a type error is
+/// in, and keeping the order of errors).
+fn from_typed(
+    file: &Arc<Path>,
+    text: &str,
+    docs: Vec<crate::typed::Doc>,
+    opts: &ParseOptions,
+) -> Option<ParsedFile> {
+    use crate::typed::Typed;
+    let mut out = ParsedFile {
+        syntax_ok: true,
+        ..ParsedFile::default()
+    };
+    let index = DocIndex::new(text);
+    for doc in docs {
+        let origin = Origin {
+            file: file.clone(),
+            document: index.document_of(doc.line),
+            line: doc.line,
+        };
+        let (kind, meta) = match &doc.object {
+            Typed::Service(s) => ("Service", &s.metadata),
+            Typed::Slice(s) => ("EndpointSlice", &s.metadata),
+            Typed::Endpoints(e) => ("Endpoints", &e.metadata),
+            Typed::Pod(p) => ("Pod", &p.metadata),
+            Typed::Namespace => continue,
+            Typed::Other {
+                api_version,
+                kind,
+                name,
+                namespace,
+            } => {
+                let object = object_name(name.as_deref(), namespace.as_deref());
+                out.warnings
+                    .push(skipped_kind(&origin, kind, api_version, object.as_deref()));
+                continue;
+            }
+        };
+        let mut ctx = Ctx {
+            origin: &origin,
+            kind: kind.to_owned(),
+            object: object_name(meta.name.as_deref(), meta.namespace.as_deref()),
+            prefix: "",
+            errors: Vec::new(),
+        };
+        let accepted = match doc.object {
+            Typed::Service(s) => {
+                service_def(&mut ctx, *s, opts).map(|d| Object::Service(Arc::new(d)))
+            }
+            Typed::Slice(s) => {
+                slice_def(&mut ctx, *s, &mut out.warnings).map(|d| Object::Slice(Arc::new(d)))
+            }
+            Typed::Endpoints(e) => {
+                endpoints_def(&mut ctx, *e).map(|d| Object::Endpoints(Arc::new(d)))
+            }
+            Typed::Pod(p) => pod_def(&mut ctx, *p).map(|d| Object::Pod(Arc::new(d))),
+            Typed::Namespace | Typed::Other { .. } => continue,
+        };
+        match accepted {
+            Some(obj) if ctx.errors.is_empty() => out.objects.push(obj),
+            None if ctx.errors.is_empty() => {}
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// `namespace/name` of an object, as errors name it.
+fn object_name(name: Option<&str>, namespace: Option<&str>) -> Option<String> {
+    name.map(|n| format!("{}/{n}", namespace.unwrap_or(DEFAULT_NAMESPACE)))
+}
+
+fn skipped_kind(origin: &Origin, kind: &str, api_version: &str, object: Option<&str>) -> Warning {
+    Warning {
+        file: origin.file.clone(),
+        document: Some(origin.document),
+        line: Some(origin.line),
+        message: format!(
+            "skipping {kind} {} ({api_version}): not a kind svcplane uses",
+            object.unwrap_or("(unnamed)")
+        ),
+    }
+}
+
+/// [`parse_file`] with every document read into a `serde_json::Value` first: the general
+/// path, and the reference the fast path is tested against.
+pub fn parse_file_via_values(file: &Arc<Path>, text: &str, opts: &ParseOptions) -> ParsedFile {
     let mut out = ParsedFile {
         syntax_ok: true,
         ..ParsedFile::default()
     };
     // Editors on Windows save UTF-8 with a byte order mark; JSON parsers reject it.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let is_json = file
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let is_json = is_json(file);
     let documents: Vec<(usize, usize, Value)> = if is_json {
         match serde_json::from_str::<Value>(text) {
             Ok(v) => vec![(0, 1, v)],
@@ -234,9 +344,7 @@ fn parse_value(
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let object = name
-        .as_ref()
-        .map(|n| format!("{}/{n}", namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)));
+    let object = object_name(name.as_deref(), namespace.as_deref());
     let Some(map) = value.as_object() else {
         out.errors.push(ConfigError {
             field: (!prefix.is_empty()).then(|| prefix.trim_end_matches('.').to_owned()),
@@ -311,15 +419,8 @@ fn parse_value(
             return;
         }
         _ => {
-            out.warnings.push(Warning {
-                file: origin.file.clone(),
-                document: Some(origin.document),
-                line: Some(origin.line),
-                message: format!(
-                    "skipping {kind} {} ({api_version}): not a kind svcplane uses",
-                    object.as_deref().unwrap_or("(unnamed)")
-                ),
-            });
+            out.warnings
+                .push(skipped_kind(origin, &kind, &api_version, object.as_deref()));
             return;
         }
     };

@@ -73,19 +73,63 @@ pub struct YamlError {
 /// Parses every document of `text`: (1-based line of the document's root node, value) for
 /// each document that is not null.
 pub fn documents(text: &str) -> Result<Vec<(usize, Value)>, YamlError> {
-    let mut options = Options::default();
-    options.set_emit_comments(false);
-    options.flow_nesting_limit = FLOW_NESTING_LIMIT;
-    options.block_nesting_limit = BLOCK_NESTING_LIMIT.max(MAX_DEPTH + 1);
-    options.simple_key_max_lookahead = SIMPLE_KEY_MAX_LOOKAHEAD;
     let mut reader = Reader::default();
-    for item in Parser::new_from_str_with_options(text, options) {
+    for item in parser(text) {
         match item {
             Ok((event, span)) => reader.event(event, &span)?,
             Err(e) => return Err(YamlError::scan(e)),
         }
     }
     reader.finish()
+}
+
+/// The event parser, configured as serde-saphyr configures it.
+pub(crate) fn parser(text: &str) -> Parser<'_, serde_saphyr::granit_parser::StrInput<'_>> {
+    let mut options = Options::default();
+    options.set_emit_comments(false);
+    options.flow_nesting_limit = FLOW_NESTING_LIMIT;
+    options.block_nesting_limit = BLOCK_NESTING_LIMIT.max(MAX_DEPTH + 1);
+    options.simple_key_max_lookahead = SIMPLE_KEY_MAX_LOOKAHEAD;
+    Parser::new_from_str_with_options(text, options)
+}
+
+/// The 1-based line a node event starts on, as documents report it.
+pub(crate) fn line_of(span: &Span) -> usize {
+    Pos::of(span).line as usize
+}
+
+/// What an untagged scalar in a value position is.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Untagged {
+    Null,
+    Bool(bool),
+    Number(Number),
+    /// A string: the scalar's own text.
+    Str,
+}
+
+/// An untagged scalar in a value position, resolved as [`documents`] resolves it; `None`
+/// where [`documents`] fails (a non-finite float).
+pub(crate) fn untagged(value: &str, plain: bool) -> Option<Untagged> {
+    if !plain {
+        return Some(Untagged::Str);
+    }
+    if is_nullish(value, ScalarStyle::Plain) {
+        return Some(Untagged::Null);
+    }
+    infer_plain(value).ok()
+}
+
+/// Whether an untagged plain scalar is a key [`documents`] takes as the string it spells,
+/// told apart from other keys by its text alone: not null, and not something that could be
+/// an integer (integer keys are compared by value).
+pub(crate) fn is_text_key(value: &str) -> bool {
+    !is_nullish(value, ScalarStyle::Plain)
+        && !trim(value)
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_digit() || b == b'+' || b == b'-')
+        && value != "<<"
 }
 
 /// Source position (1-based line and column).
@@ -1450,8 +1494,19 @@ fn convert(s: &Scalar<'_>, pos: Pos) -> Result<Value, YamlError> {
 
 /// A plain scalar without a meaningful tag: bool, integer, float or string.
 fn infer(value: &str, pos: Pos) -> Result<Value, YamlError> {
+    match infer_plain(value) {
+        Ok(Untagged::Null) => Ok(Value::Null),
+        Ok(Untagged::Bool(b)) => Ok(Value::Bool(b)),
+        Ok(Untagged::Number(n)) => Ok(Value::Number(n)),
+        Ok(Untagged::Str) => Ok(Value::String(value.to_owned())),
+        Err(message) => Err(YamlError::at(pos, message)),
+    }
+}
+
+/// [`infer`] without building the value (never `Untagged::Null`).
+fn infer_plain(value: &str) -> Result<Untagged, String> {
     if let Some(b) = bool_11(value) {
-        return Ok(Value::Bool(b));
+        return Ok(Untagged::Bool(b));
     }
     let t = trim(value);
     // Cheap exit for words: every number starts with a digit, a sign or a dot.
@@ -1460,20 +1515,22 @@ fn infer(value: &str, pos: Pos) -> Result<Value, YamlError> {
         .next()
         .is_some_and(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.'))
     {
-        return Ok(Value::String(value.to_owned()));
+        return Ok(Untagged::Str);
     }
     if t.starts_with('-') {
         if !leading_zero_decimal(t)
             && let Some(v) = parse_signed(t).and_then(|v| i64::try_from(v).ok())
         {
-            return Ok(Value::Number(v.into()));
+            return Ok(Untagged::Number(v.into()));
         }
     } else if let Some(v) = parse_unsigned(t).and_then(|v| u64::try_from(v).ok()) {
-        return Ok(Value::Number(v.into()));
+        return Ok(Untagged::Number(v.into()));
     }
     match float(value) {
-        Some(v) => finite(v, value, pos),
-        None => Ok(Value::String(value.to_owned())),
+        Some(v) => Number::from_f64(v)
+            .map(Untagged::Number)
+            .ok_or_else(|| format!("non-finite float `{value}` is not supported")),
+        None => Ok(Untagged::Str),
     }
 }
 

@@ -4,6 +4,10 @@
 //! whenever serde-saphyr rejects it, ours rejects it too. Inputs: every file of the shared
 //! corpus, the fixtures and the examples, hand-picked edge cases, budget limits, generated
 //! YAML and mutated real manifests. Errors must be found on the same line, too.
+//!
+//! Every input also goes through `parse_file` twice: on its fast path (events straight into
+//! the k8s-openapi types, where the input allows it) and through `parse_file_via_values`;
+//! the two must give the same objects, errors and warnings.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -11,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use svcplane_config::yaml;
+use std::sync::Arc;
+
+use svcplane_config::{ParseOptions, parse_file, parse_file_via_values, yaml};
 
 type Docs = Vec<(usize, Value)>;
 
@@ -30,9 +36,20 @@ fn ours(text: &str) -> Result<Docs, yaml::YamlError> {
     yaml::documents(text)
 }
 
-/// `None` when both read the same documents, or both fail on the same line; else what
-/// differs.
+/// `None` when both read the same documents, or both fail on the same line, and
+/// `parse_file` gives the same result on both its paths; else what differs.
 fn difference(text: &str) -> Option<String> {
+    let label: Arc<Path> = Arc::from(Path::new("in.yaml"));
+    let opts = ParseOptions::default();
+    let (fast, reference) = (
+        parse_file(&label, text, &opts),
+        parse_file_via_values(&label, text, &opts),
+    );
+    if fast != reference {
+        return Some(format!(
+            "input {text:?}\n  parse_file:            {fast:?}\n  parse_file_via_values: {reference:?}"
+        ));
+    }
     match (saphyr(text), ours(text)) {
         (Ok(a), Ok(b)) if a == b => None,
         (Err(line), Err(e)) if line.is_none_or(|l| l == e.line()) => None,
@@ -796,6 +813,11 @@ fn mutation() -> impl Strategy<Value = Mutation> {
                 "  ",
                 "a: 1\n",
                 "a: 2\n",
+                "\"80\"",
+                "name: x\n",
+                "kind: Pod\n",
+                "ready: false\n",
+                "{}",
                 "\u{feff}",
             ][..]
         )

@@ -2,9 +2,12 @@
 # Cluster DNS benchmark: svcplane against Knot DNS serving the same records, each server
 # pinned to one core, load from dnsperf pinned to another core, for 100 and 10,000
 # services. Prints QPS, CPU per query, p50/p99 at half of svcplane's peak load and the
-# ratios next to the goals of issue 3. See bench/README.md.
+# ratios next to the goals of issue 3. The sizes' peak runs are taken by turns against
+# servers of every size running side by side (idle while not measured), so the
+# 10,000-vs-100 ratios pair runs minutes apart, not a quarter of an hour. See
+# bench/README.md.
 #
-#   bench/dns.sh                          # 100 and 10000 services, 3 x 10 s peak runs each
+#   bench/dns.sh                          # 100 and 10000 services, 5 x 10 s peak runs each
 #   bench/dns.sh --out /tmp/dns.json      # also write every figure as JSON
 #   bench/dns.sh --services "1000" --reps 1 --duration 5
 #
@@ -18,7 +21,7 @@ GEN="python3 $ROOT/bench/dns_gen.py"
 
 SIZES="100 10000"
 DURATION=10        # seconds per peak run
-REPS=3             # peak runs per server and size (the median is reported)
+REPS=5             # peak runs per server and size, by turns (medians are reported)
 LAT_DURATION=10    # seconds of the fixed-rate latency run
 CLIENTS=8          # dnsperf -c: client sockets
 OUTSTANDING=100    # dnsperf -q: queries in flight (enough to keep one core busy)
@@ -28,7 +31,7 @@ QUIET_WAIT=180     # wait at most this long for other load on the machine to sto
 OUT=""
 KEEP=""
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --services) SIZES=$2; shift 2 ;;
@@ -77,7 +80,8 @@ fi
 
 # --- cleanup -----------------------------------------------------------------------------
 TMP=$(mktemp -d /tmp/svcplane-dns-bench.XXXXXX)
-SERVER_PID=""
+SERVER_PID=""     # the server being measured
+SERVER_PIDS=""    # every server running
 CHILD_PID=""
 # stop PID: TERM, then KILL after 5 s.
 stop_pid() {
@@ -93,7 +97,7 @@ cleanup() {
     trap - EXIT INT TERM
     stop_pid "$CHILD_PID"
     [ -f "$TMP/client.pid" ] && stop_pid "$(cat "$TMP/client.pid")"
-    stop_pid "$SERVER_PID"
+    for pid in $SERVER_PIDS; do stop_pid "$pid"; done
     if [ -n "$KEEP" ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     exit "$rc"
 }
@@ -101,9 +105,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-stop_server() {
-    stop_pid "$SERVER_PID"
-    SERVER_PID=""
+stop_servers() {
+    for pid in $SERVER_PIDS; do stop_pid "$pid"; done
+    SERVER_PIDS=""
 }
 
 # bg CMD...: runs CMD in the background and waits for it, so that a signal reaches the
@@ -158,6 +162,7 @@ start_server() {
             ;;
     esac
     SERVER_PID=$!
+    SERVER_PIDS="$SERVER_PIDS $SERVER_PID"
     if ! bg $GEN wait "$port" "$(cat "$dir/last-name")" 300; then
         log "$name did not come up; its log:"
         cat "$dir/$name.log" >&2 || true
@@ -191,45 +196,66 @@ measure() {
         -c "$CLIENTS" -q "$OUTSTANDING" -T 1 -t 1 "$@"
 }
 
-# bench_server NAME N: peak runs, then the fixed-rate latency run.
+# use N: the server of size N (of the kind running now) is the one measured.
+use() {
+    DIR=$TMP/n$1
+    PORT=$(cat "$DIR/port")
+    SERVER_PID=$(cat "$DIR/pid")
+}
+
+# peak N REP: one peak run against size N that no other program disturbed (at most 3
+# attempts; when the machine never calms down the last, disturbed run is kept and flagged).
+peak() {
+    local n=$1 rep=$2 try out
+    use "$n"
+    for try in 1 2 3; do
+        out=$DIR/$NAME.peak$rep.$try
+        measure "$out.txt" -l "$DURATION" > "$out.json"
+        log "$NAME, $n services, peak run $rep: $($GEN summary "$(cat "$out.json")")"
+        case "$(cat "$out.json")" in *'"clean": true'*) break ;; esac
+    done
+    cp "$out.json" "$DIR/$NAME.peak$rep.json"
+}
+
+# bench_server NAME: one server per size, all pinned to SERVER_CPU; peak runs taken by
+# turns (size after size, REPS rounds), so that a drift of the machine's speed during
+# the minutes this takes shifts every size alike; then each size's fixed-rate latency run.
 bench_server() {
-    local name=$1 n=$2 runs=() pin rate lat pct i
-    start_server "$name" "$DIR" "$PORT"
-    pin=$(pinning "$name")
-    bg $GEN answers "$PORT" "$DIR/verify.txt" "$DIR/$name.answers.json"
-    # Peak: REPS runs that no other program disturbed (at most 3 x REPS attempts; when the
-    # machine never calms down the disturbed runs are kept and flagged in the results).
-    local all=() i=0
-    while [ ${#runs[@]} -lt "$REPS" ] && [ "$i" -lt $((3 * REPS)) ]; do
-        i=$((i + 1))
-        measure "$DIR/$name.peak$i.txt" -l "$DURATION" > "$DIR/$name.peak$i.json"
-        all+=("$(cat "$DIR/$name.peak$i.json")")
-        log "$name, $n services, peak run $i: $($GEN summary "${all[-1]}")"
-        case "${all[-1]}" in *'"clean": true'*) runs+=("${all[-1]}") ;; esac
+    NAME=$1
+    local n rep pin rate lat pct i runs
+    for n in $SIZES; do
+        DIR=$TMP/n$n
+        PORT=$($GEN port)
+        echo "$PORT" > "$DIR/port"
+        start_server "$NAME" "$DIR" "$PORT"
+        echo "$SERVER_PID" > "$DIR/pid"
+        pinning "$NAME" > "$DIR/$NAME.pin"
+        bg $GEN answers "$PORT" "$DIR/verify.txt" "$DIR/$NAME.answers.json"
     done
-    if [ ${#runs[@]} -lt "$REPS" ]; then
-        log "WARNING: only ${#runs[@]} undisturbed peak runs of $name; using all $i"
-        runs=("${all[@]}")
-    fi
-    # The latency run's rate: half of svcplane's peak (the median of its runs); Knot is
-    # measured at the same rate.
-    if [ "$name" = svcplane ]; then
-        rate=$(printf '%s\n' "${runs[@]}" | python3 -c 'import json,sys,statistics; print(int(statistics.median(json.loads(l)["qps"] for l in sys.stdin) / 2))')
-        echo "$rate" > "$DIR/rate"
-    fi
-    rate=$(cat "$DIR/rate")
-    measure "$DIR/$name.latency.txt" -l "$LAT_DURATION" -Q "$rate" -v > "$DIR/$name.latency.json"
-    lat=$(cat "$DIR/$name.latency.json")
-    for i in 2 3; do
-        case "$lat" in *'"clean": true'*) break ;; esac
-        log "$name latency run disturbed by other programs, repeating"
-        measure "$DIR/$name.latency.txt" -l "$LAT_DURATION" -Q "$rate" -v > "$DIR/$name.latency.json"
-        lat=$(cat "$DIR/$name.latency.json")
+    for rep in $(seq "$REPS"); do
+        for n in $SIZES; do peak "$n" "$rep"; done
     done
-    pct=$($GEN latency "$DIR/$name.latency.txt")
-    log "$name, $n services, at $rate QPS: $pct"
-    stop_server
-    python3 - "$name" "$n" "$rate" "$pin" "$lat" "$pct" "${runs[@]}" >> "$RESULTS" <<'PY'
+    for n in $SIZES; do
+        use "$n"
+        runs=()
+        for rep in $(seq "$REPS"); do runs+=("$(cat "$DIR/$NAME.peak$rep.json")"); done
+        # The latency run's rate: half of svcplane's peak (the median of its runs); Knot is
+        # measured at the same rate.
+        if [ "$NAME" = svcplane ]; then
+            rate=$(printf '%s\n' "${runs[@]}" | python3 -c 'import json,sys,statistics; print(int(statistics.median(json.loads(l)["qps"] for l in sys.stdin) / 2))')
+            echo "$rate" > "$DIR/rate"
+        fi
+        rate=$(cat "$DIR/rate")
+        for i in 1 2 3; do
+            measure "$DIR/$NAME.latency.txt" -l "$LAT_DURATION" -Q "$rate" -v > "$DIR/$NAME.latency.json"
+            lat=$(cat "$DIR/$NAME.latency.json")
+            case "$lat" in *'"clean": true'*) break ;; esac
+            log "$NAME latency run disturbed by other programs, repeating"
+        done
+        pct=$($GEN latency "$DIR/$NAME.latency.txt")
+        log "$NAME, $n services, at $rate QPS: $pct"
+        pin=$(cat "$DIR/$NAME.pin")
+        python3 - "$NAME" "$n" "$rate" "$pin" "$lat" "$pct" "${runs[@]}" >> "$RESULTS" <<'PY'
 import json, statistics, sys
 name, n, rate, pin, lat, pct = sys.argv[1:7]
 runs = [json.loads(r) for r in sys.argv[7:]]
@@ -239,6 +265,7 @@ print(json.dumps({
     "server": name, "services": int(n),
     "qps": round(med("qps")), "qps_runs": [round(r["qps"]) for r in runs],
     "cpu_us_per_query": med("cpu_us_per_query"),
+    "cpu_us_per_query_runs": [r.get("cpu_us_per_query") for r in runs],
     "server_cpu_pct": med("server_cpu_pct"), "client_cpu_pct": med("client_cpu_pct"),
     "server_core_busy_pct": med("server_cpu_busy_pct"),
     "client_core_busy_pct": med("client_cpu_busy_pct"),
@@ -251,22 +278,25 @@ print(json.dumps({
     "peak_runs": runs,
 }))
 PY
+    done
+    stop_servers
 }
 
 # --- the runs ------------------------------------------------------------------------------
 for n in $SIZES; do
-    DIR=$TMP/n$n
-    mkdir -p "$DIR"
+    mkdir -p "$TMP/n$n"
     log "generating $n services"
-    $GEN gen "$DIR" --services "$n" > "$DIR/last-name"
-    for s in svcplane knot; do
-        PORT=$($GEN port)
-        bench_server "$s" "$n"
-    done
+    $GEN gen "$TMP/n$n" --services "$n" > "$TMP/n$n/last-name"
+done
+for s in svcplane knot; do
+    bench_server "$s"
+done
+for n in $SIZES; do
+    DIR=$TMP/n$n
     # Same names, same answers: every sampled query (each kind the load sends, plus the
     # apex) must get the same rcode, flags and record sets from both servers.
     cmp=$($GEN compare "$DIR/svcplane.answers.json" "$DIR/knot.answers.json" \
-        --allow "cluster.local NS") || { log "answers differ: $cmp"; exit 1; }
+        --allow "cluster.local NS") || { log "answers differ at $n services: $cmp"; exit 1; }
     log "$n services, answers compared: $cmp"
     echo "{\"services\": $n, \"rate\": $(cat "$DIR/rate"), \"compare\": $cmp}" >> "$TMP/per-size.jsonl"
 done

@@ -23,8 +23,9 @@
 //!   socket and accept loop per worker, and a connection stays on its worker.
 //! - [`status`]: what `svcplane status` prints, read from the live table.
 //! - [`limits`]: the open files limit, raised at start (a socket per frontend per worker).
-//! - `tcp` / `udp`: the data path. TCP: connect with failover, then a copy loop per
-//!   direction with half-close and one `recv` per message. UDP: one flow per client
+//! - `tcp` / `udp`: the data path. TCP: connect with failover (judged by epoll readiness,
+//!   `SO_ERROR` read only on failure), then a copy loop per direction with half-close, one
+//!   `recv` per message and buffers reused per worker. UDP: one flow per client
 //!   address with an idle timeout; replies leave from the frontend socket.
 //!
 //! Established TCP connections are never cut by a snapshot: a removed endpoint or frontend

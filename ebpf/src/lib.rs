@@ -272,7 +272,8 @@ impl EbpfDataPlane {
         })
     }
 
-    /// The snapshot version whose frontends are in the maps.
+    /// The snapshot version whose frontends are in the maps (and whose removed UDP
+    /// endpoints no connected socket sends to any more).
     pub fn programmed(&self) -> watch::Receiver<u64> {
         self.programmed.clone()
     }
@@ -344,10 +345,12 @@ impl Loop<'_> {
             if snap.version > 0 && *programmed.borrow() != snap.version {
                 match self.program(&mut maps, &snap) {
                     Some(Ok(removed_udp)) => {
-                        programmed.send_replace(snap.version);
+                        // Connected UDP sockets of removed endpoints are aborted before the
+                        // version is reported programmed: until then they still send there.
                         if let (Some(p), false) = (&mut purger, removed_udp.is_empty()) {
                             purge(p, &removed_udp);
                         }
+                        programmed.send_replace(snap.version);
                     }
                     Some(Err(())) => failed = true,
                     None => return,

@@ -28,6 +28,7 @@ use crate::model::{
     ServiceKey, ServicePort, ServiceType, SessionAffinity, TargetPort, TargetRef, TrafficPolicy,
 };
 use crate::names;
+use crate::typed::Typed;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -157,7 +158,6 @@ fn from_typed(
     docs: Vec<crate::typed::Doc>,
     opts: &ParseOptions,
 ) -> Option<ParsedFile> {
-    use crate::typed::Typed;
     let mut out = ParsedFile {
         syntax_ok: true,
         ..ParsedFile::default()
@@ -194,19 +194,7 @@ fn from_typed(
             prefix: "",
             errors: Vec::new(),
         };
-        let accepted = match doc.object {
-            Typed::Service(s) => {
-                service_def(&mut ctx, *s, opts).map(|d| Object::Service(Arc::new(d)))
-            }
-            Typed::Slice(s) => {
-                slice_def(&mut ctx, *s, &mut out.warnings).map(|d| Object::Slice(Arc::new(d)))
-            }
-            Typed::Endpoints(e) => {
-                endpoints_def(&mut ctx, *e).map(|d| Object::Endpoints(Arc::new(d)))
-            }
-            Typed::Pod(p) => pod_def(&mut ctx, *p).map(|d| Object::Pod(Arc::new(d))),
-            Typed::Namespace | Typed::Other { .. } => continue,
-        };
+        let accepted = define(&mut ctx, doc.object, opts, &mut out.warnings);
         match accepted {
             Some(obj) if ctx.errors.is_empty() => out.objects.push(obj),
             None if ctx.errors.is_empty() => {}
@@ -374,21 +362,11 @@ fn parse_value(
         out.errors.append(&mut ctx.errors);
         return;
     };
-    let accepted = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Service") => convert::<core::Service>(&mut ctx, value, |c, s| {
-            service_def(c, s, opts).map(|d| Object::Service(Arc::new(d)))
-        }),
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            convert::<discovery::EndpointSlice>(&mut ctx, value, |c, s| {
-                slice_def(c, s, &mut out.warnings).map(|d| Object::Slice(Arc::new(d)))
-            })
-        }
-        ("v1", "Endpoints") => convert::<core::Endpoints>(&mut ctx, value, |c, e| {
-            endpoints_def(c, e).map(|d| Object::Endpoints(Arc::new(d)))
-        }),
-        ("v1", "Pod") => convert::<core::Pod>(&mut ctx, value, |c, p| {
-            pod_def(c, p).map(|d| Object::Pod(Arc::new(d)))
-        }),
+    let typed = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Service") => convert(&mut ctx, value).map(Typed::Service),
+        ("discovery.k8s.io/v1", "EndpointSlice") => convert(&mut ctx, value).map(Typed::Slice),
+        ("v1", "Endpoints") => convert(&mut ctx, value).map(Typed::Endpoints),
+        ("v1", "Pod") => convert(&mut ctx, value).map(Typed::Pod),
         ("v1", "Namespace") => return,
         (api, k) if (api == "v1" && k == "List") || (k.len() > 4 && k.ends_with("List")) => {
             let Value::Object(mut map) = value else {
@@ -424,6 +402,7 @@ fn parse_value(
             return;
         }
     };
+    let accepted = typed.and_then(|t| define(&mut ctx, t, opts, &mut out.warnings));
     match accepted {
         Some(obj) if ctx.errors.is_empty() => out.objects.push(obj),
         // Skipped on purpose with a warning (an FQDN EndpointSlice): not a rejection, so no
@@ -445,25 +424,38 @@ fn parse_value(
     }
 }
 
-/// Deserializes into the k8s-openapi type (with the path of a type error), then converts.
-fn convert<T: serde::de::DeserializeOwned>(
-    ctx: &mut Ctx<'_>,
-    value: Value,
-    f: impl FnOnce(&mut Ctx<'_>, T) -> Option<Object>,
-) -> Option<Object> {
+/// Deserializes into the k8s-openapi type; a type error is recorded with its path.
+fn convert<T: serde::de::DeserializeOwned>(ctx: &mut Ctx<'_>, value: Value) -> Option<T> {
     // Fast path: borrow the value (keys are not copied, no path is tracked). Only an
     // object that does not fit its type pays for serde_path_to_error, to name the field.
     if let Ok(typed) = T::deserialize(&value) {
-        return f(ctx, typed);
+        return Some(typed);
     }
     match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(typed) => f(ctx, typed),
+        Ok(typed) => Some(typed),
         Err(e) => {
             let path = e.path().to_string();
             let field = if path == "." { String::new() } else { path };
             ctx.err(field, e.into_inner().to_string());
             None
         }
+    }
+}
+
+/// A typed object into the model, every rule checked (both paths end here). `None`: it
+/// was rejected (errors in `ctx`) or skipped on purpose with a warning.
+fn define(
+    ctx: &mut Ctx<'_>,
+    object: Typed,
+    opts: &ParseOptions,
+    warnings: &mut Vec<Warning>,
+) -> Option<Object> {
+    match object {
+        Typed::Service(s) => service_def(ctx, *s, opts).map(|d| Object::Service(Arc::new(d))),
+        Typed::Slice(s) => slice_def(ctx, *s, warnings).map(|d| Object::Slice(Arc::new(d))),
+        Typed::Endpoints(e) => endpoints_def(ctx, *e).map(|d| Object::Endpoints(Arc::new(d))),
+        Typed::Pod(p) => pod_def(ctx, *p).map(|d| Object::Pod(Arc::new(d))),
+        Typed::Namespace | Typed::Other { .. } => None,
     }
 }
 

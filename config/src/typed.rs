@@ -328,12 +328,12 @@ impl<'de> Deserializer<'de> for &mut De<'_, '_> {
             }
             Ev::Scalar(s, Untagged::Str) => visitor.visit_str(s),
             Ev::Map { .. } => {
-                let value = visitor.visit_map(Entries { de: &mut *self })?;
+                let value = visitor.visit_map(Children { de: &mut *self })?;
                 self.end()?;
                 Ok(value)
             }
             Ev::Seq { .. } => {
-                let value = visitor.visit_seq(Items { de: &mut *self })?;
+                let value = visitor.visit_seq(Children { de: &mut *self })?;
                 self.end()?;
                 Ok(value)
             }
@@ -375,6 +375,7 @@ impl<'de> Deserializer<'de> for &mut De<'_, '_> {
         visitor.visit_newtype_struct(self)
     }
 
+    /// The manifest types have no enums; one that does takes the general path.
     fn deserialize_enum<V: Visitor<'de>>(
         self,
         _name: &'static str,
@@ -400,11 +401,12 @@ impl<'de> Deserializer<'de> for &mut De<'_, '_> {
     }
 }
 
-struct Entries<'d, 'e, 'a> {
+/// The children of the collection being visited: entries of a mapping, items of a sequence.
+struct Children<'d, 'e, 'a> {
     de: &'d mut De<'e, 'a>,
 }
 
-impl<'de> MapAccess<'de> for Entries<'_, '_, '_> {
+impl<'de> MapAccess<'de> for Children<'_, '_, '_> {
     type Error = GiveUp;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(
@@ -426,11 +428,7 @@ impl<'de> MapAccess<'de> for Entries<'_, '_, '_> {
     }
 }
 
-struct Items<'d, 'e, 'a> {
-    de: &'d mut De<'e, 'a>,
-}
-
-impl<'de> SeqAccess<'de> for Items<'_, '_, '_> {
+impl<'de> SeqAccess<'de> for Children<'_, '_, '_> {
     type Error = GiveUp;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(

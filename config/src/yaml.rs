@@ -1527,17 +1527,20 @@ fn infer_plain(value: &str) -> Result<Untagged, String> {
         return Ok(Untagged::Number(v.into()));
     }
     match float(value) {
-        Some(v) => Number::from_f64(v)
-            .map(Untagged::Number)
-            .ok_or_else(|| format!("non-finite float `{value}` is not supported")),
+        Some(v) => finite_number(v, value).map(Untagged::Number),
         None => Ok(Untagged::Str),
     }
 }
 
 fn finite(v: f64, raw: &str, pos: Pos) -> Result<Value, YamlError> {
-    Number::from_f64(v)
+    finite_number(v, raw)
         .map(Value::Number)
-        .ok_or_else(|| YamlError::at(pos, format!("non-finite float `{raw}` is not supported")))
+        .map_err(|message| YamlError::at(pos, message))
+}
+
+/// A JSON number, which cannot hold NaN or the infinities.
+fn finite_number(v: f64, raw: &str) -> Result<Number, String> {
+    Number::from_f64(v).ok_or_else(|| format!("non-finite float `{raw}` is not supported"))
 }
 
 /// The padding serde-saphyr trims before converting a scalar (ASCII only, so byte

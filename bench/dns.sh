@@ -7,7 +7,7 @@
 # 10,000-vs-100 ratios pair runs minutes apart, not a quarter of an hour. See
 # bench/README.md.
 #
-#   bench/dns.sh                          # 100 and 10000 services, 5 x 10 s peak runs each
+#   bench/dns.sh                          # 100 and 10000 services, 12 x 5 s peak runs each
 #   bench/dns.sh --out /tmp/dns.json      # also write every figure as JSON
 #   bench/dns.sh --services "1000" --reps 1 --duration 5
 #
@@ -20,8 +20,8 @@ ROOT=$PWD
 GEN="python3 $ROOT/bench/dns_gen.py"
 
 SIZES="100 10000"
-DURATION=10        # seconds per peak run
-REPS=5             # peak runs per server and size, by turns (medians are reported)
+DURATION=5         # seconds per peak run
+REPS=12            # peak runs per server and size, by turns (medians are reported)
 LAT_DURATION=10    # seconds of the fixed-rate latency run
 CLIENTS=8          # dnsperf -c: client sockets
 OUTSTANDING=100    # dnsperf -q: queries in flight (enough to keep one core busy)
@@ -203,16 +203,20 @@ use() {
     SERVER_PID=$(cat "$DIR/pid")
 }
 
-# peak N REP: one peak run against size N that no other program disturbed (at most 3
-# attempts; when the machine never calms down the last, disturbed run is kept and flagged).
+# peak N REP: one peak run against size N that nothing else disturbed: no other program
+# and no steal by the hypervisor (at most 5 attempts, 5 s apart: on this kind of VM steal
+# comes in phases of several seconds; when the machine never calms down the last,
+# disturbed run is kept and flagged, and the report leaves its round out of the paired
+# ratios).
 peak() {
     local n=$1 rep=$2 try out
     use "$n"
-    for try in 1 2 3; do
+    for try in 1 2 3 4 5; do
         out=$DIR/$NAME.peak$rep.$try
         measure "$out.txt" -l "$DURATION" > "$out.json"
         log "$NAME, $n services, peak run $rep: $($GEN summary "$(cat "$out.json")")"
         case "$(cat "$out.json")" in *'"clean": true'*) break ;; esac
+        [ "$try" = 5 ] || sleep 5
     done
     cp "$out.json" "$DIR/$NAME.peak$rep.json"
 }
@@ -232,8 +236,13 @@ bench_server() {
         pinning "$NAME" > "$DIR/$NAME.pin"
         bg $GEN answers "$PORT" "$DIR/verify.txt" "$DIR/$NAME.answers.json"
     done
+    # Every other round takes the sizes in reverse order (100, 10000, 10000, 100, ...):
+    # neither size always runs first, and a steady drift cancels within two rounds.
+    local order reversed=""
+    for n in $SIZES; do reversed="$n $reversed"; done
     for rep in $(seq "$REPS"); do
-        for n in $SIZES; do peak "$n" "$rep"; done
+        if [ $((rep % 2)) = 1 ]; then order=$SIZES; else order=$reversed; fi
+        for n in $order; do peak "$n" "$rep"; done
     done
     for n in $SIZES; do
         use "$n"
@@ -246,11 +255,12 @@ bench_server() {
             echo "$rate" > "$DIR/rate"
         fi
         rate=$(cat "$DIR/rate")
-        for i in 1 2 3; do
+        for i in 1 2 3 4 5; do
             measure "$DIR/$NAME.latency.txt" -l "$LAT_DURATION" -Q "$rate" -v > "$DIR/$NAME.latency.json"
             lat=$(cat "$DIR/$NAME.latency.json")
             case "$lat" in *'"clean": true'*) break ;; esac
-            log "$NAME latency run disturbed by other programs, repeating"
+            log "$NAME latency run disturbed ($($GEN summary "$lat")), repeating"
+            [ "$i" = 5 ] || sleep 5
         done
         pct=$($GEN latency "$DIR/$NAME.latency.txt")
         log "$NAME, $n services, at $rate QPS: $pct"
@@ -274,7 +284,8 @@ print(json.dumps({
     "pinning": json.loads(pin),
     "latency": {**pct, "rate_qps": int(rate), "achieved_qps": lat.get("qps"),
                 "lost": lat.get("lost"), "server_cpu_pct": lat.get("server_cpu_pct"),
-                "clean": lat.get("clean"), "quiet_before": lat.get("quiet_before")},
+                "clean": lat.get("clean"), "quiet_before": lat.get("quiet_before"),
+                "steal_pct": [lat.get("server_cpu_steal_pct"), lat.get("client_cpu_steal_pct")]},
     "peak_runs": runs,
 }))
 PY

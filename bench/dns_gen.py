@@ -381,7 +381,7 @@ def cpu_times():
         f = line.split()
         if f[0].startswith("cpu") and f[0] != "cpu":
             v = list(map(int, f[1:9]))
-            r[f[0]] = (v[0] + v[1] + v[2] + v[5] + v[6] + v[7], v[3] + v[4])
+            r[f[0]] = (v[0] + v[1] + v[2] + v[5] + v[6] + v[7], v[3] + v[4], v[7])
     return r
 
 
@@ -418,7 +418,7 @@ def opt(args, name, default=None):
 
 def cmd_measure(args):
     """measure --server-pid P --server-cpu cpuN --client-cpu cpuM --out FILE
-    [--pidfile F] [--quiet SECS] [--clean-pct PCT] -- CMD...
+    [--pidfile F] [--quiet SECS] [--clean-pct PCT] [--steal-pct STEAL] -- CMD...
 
     Waits until the machine is quiet (no CPU above 10 % for a second, at most SECS), runs
     CMD (dnsperf) with its output in FILE, and prints as JSON dnsperf's figures, the
@@ -451,14 +451,24 @@ def cmd_measure(args):
     r["client_cpu_pct"] = round(100 * (ru.ru_utime + ru.ru_stime) / run, 1)
     r["server_cpu_busy_pct"] = round(busy_pct(a, b, scpu, run), 1)
     r["client_cpu_busy_pct"] = round(busy_pct(a, b, ccpu, run), 1)
+    # Steal: time the hypervisor ran something else while this VM's CPU wanted to run.
+    r["server_cpu_steal_pct"] = round((b[scpu][2] - a[scpu][2]) / run, 1)
+    r["client_cpu_steal_pct"] = round((b[ccpu][2] - a[ccpu][2]) / run, 1)
     if r.get("completed"):
         r["cpu_us_per_query"] = round(1e6 * (pb - pa) / r["completed"], 3)
     # Tick-based accounting charges softirq work to the task it interrupts, so what a
     # core spent beyond the pinned process was other programs: the run was disturbed.
     r["server_core_other_pct"] = round(r["server_cpu_busy_pct"] - r["server_cpu_pct"], 1)
     r["client_core_other_pct"] = round(r["client_cpu_busy_pct"] - r["client_cpu_pct"], 1)
+    # Clean: other programs took at most PCT % of either core, and the hypervisor stole at
+    # most STEAL % of either. Steal comes in slices of milliseconds: a few per cent of it
+    # moves p99 by milliseconds and QPS by as much as it steals.
     limit = float(opt(args, "--clean-pct", "5"))
-    r["clean"] = max(r["server_core_other_pct"], r["client_core_other_pct"]) <= limit
+    steal = float(opt(args, "--steal-pct", "2"))
+    r["clean"] = (
+        max(r["server_core_other_pct"], r["client_core_other_pct"]) <= limit
+        and max(r["server_cpu_steal_pct"], r["client_cpu_steal_pct"]) <= steal
+    )
     print(json.dumps(r))
 
 
@@ -469,8 +479,9 @@ def cmd_summary(args):
         f"{r.get('qps', 0):.0f} QPS, lost {r.get('lost')}, server process CPU "
         f"{r['server_cpu_pct']}% (its core {r['server_cpu_busy_pct']}% busy), "
         f"{r.get('cpu_us_per_query')} us/query; dnsperf CPU {r['client_cpu_pct']}% "
-        f"(its core {r['client_cpu_busy_pct']}%)"
-        + ("" if r["clean"] else "; DISTURBED by other programs, repeated")
+        f"(its core {r['client_cpu_busy_pct']}%); steal {r.get('server_cpu_steal_pct')}%/"
+        f"{r.get('client_cpu_steal_pct')}%"
+        + ("" if r["clean"] else "; DISTURBED (other programs or steal)")
     )
 
 
@@ -533,6 +544,14 @@ def cmd_latency(args):
     )
 
 
+def quartiles(vals):
+    """First quartile, median, third quartile (the inclusive method; one value: itself)."""
+    if len(vals) < 2:
+        return vals[0], vals[0], vals[0]
+    q = statistics.quantiles(vals, n=4, method="inclusive")
+    return q[0], q[1], q[2]
+
+
 def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -568,7 +587,8 @@ def cmd_report(args):
             r["qps_per_core"] = round(1e6 / r["cpu_us_per_query"]) if r["cpu_us_per_query"] else None
             if r["client_core_busy_pct"] >= 97 and r["server_core_busy_pct"] < 95:
                 client_bound.append(f"{s} at {n}")
-            runs = "/".join(f"{q / 1000:.0f}k" for q in r["qps_runs"])
+            qr = r["qps_runs"]
+            runs = f"{len(qr)} runs {min(qr) / 1000:.0f}k-{max(qr) / 1000:.0f}k" if qr else "-"
             print(
                 f"{s:<9} {n:>8} {r['qps']:>8.0f}  {runs:<20} {fmt(r['cpu_us_per_query'], '8.2f')} "
                 f"{fmt(r['qps_per_core'], '8.0f')} {r['server_core_busy_pct']:>7.0f}% "
@@ -596,15 +616,30 @@ def cmd_report(args):
             print(f"{s:<9} {large} vs {small} services: QPS x{q:.3f}, QPS/core x{c:.3f} (medians)")
             # The sizes' peak runs alternate: run i of one size is paired with run i of the
             # other, taken seconds apart.
-            pairs = list(zip(a["qps_runs"], b["qps_runs"]))
+            # Rounds where either run stayed disturbed (other programs, steal) are left out.
+            clean = [
+                ra.get("clean", True) and rb.get("clean", True)
+                for ra, rb in zip(a.get("peak_runs", []), b.get("peak_runs", []))
+            ] or [True] * len(a["qps_runs"])
+            pairs = [(x, y) for (x, y), ok in zip(zip(a["qps_runs"], b["qps_runs"]), clean) if ok]
+            left_out = len(clean) - len(pairs)
+            out["ratios"][f"{s}_rounds_left_out_disturbed"] = left_out
             if pairs and all(x for x, _ in pairs):
                 pq = [y / x for x, y in pairs]
                 out["ratios"][f"{s}_qps_{large}_over_{small}_paired"] = [round(v, 3) for v in pq]
                 out["ratios"][f"{s}_qps_{large}_over_{small}_paired_median"] = round(statistics.median(pq), 3)
                 cpa, cpb = a.get("cpu_us_per_query_runs") or [], b.get("cpu_us_per_query_runs") or []
-                pc = [x / y for x, y in zip(cpa, cpb) if x and y]
-                line = "/".join(f"{v:.3f}" for v in pq)
-                print(f"{'':<9} paired runs: QPS x{line} (median x{statistics.median(pq):.3f})", end="")
+                pc = [x / y for x, y, ok in zip(cpa, cpb, clean) if x and y and ok]
+                q1, _, q3 = quartiles(pq)
+                out["ratios"][f"{s}_qps_{large}_over_{small}_paired_quartiles"] = [round(q1, 3), round(q3, 3)]
+                ahead = sum(v >= 1 for v in pq)
+                print(
+                    f"{'':<9} {len(pq)} paired rounds: QPS median x{statistics.median(pq):.3f} "
+                    f"(quartiles x{q1:.3f}-x{q3:.3f}, range x{min(pq):.3f}-x{max(pq):.3f}, "
+                    f"{large} ahead in {ahead}"
+                    + (f"; {left_out} disturbed rounds left out)" if left_out else ")"),
+                    end="",
+                )
                 if pc:
                     out["ratios"][f"{s}_qps_per_core_{large}_over_{small}_paired_median"] = round(statistics.median(pc), 3)
                     print(f", QPS/core median x{statistics.median(pc):.3f}", end="")
@@ -633,7 +668,11 @@ def cmd_report(args):
     for g, ok in goals.items():
         print(f"goal {g}: {'met' if ok else 'NOT met'}")
     if not all(r.get("all_peak_runs_clean", True) for r in rows):
-        print("WARNING: some peak runs were disturbed by other programs (see peak_runs[].clean)")
+        print("WARNING: some peak runs were disturbed by other programs or steal (see peak_runs[].clean)")
+    for r in rows:
+        if r["latency"].get("clean") is False:
+            print(f"WARNING: the latency run of {r['server']} at {r['services']} services was disturbed "
+                  f"(steal {r['latency'].get('steal_pct')} %): its percentiles measure the VM's host")
     with open(args[1], "w") as f:
         json.dump(out, f, indent=2)
         f.write("\n")

@@ -368,7 +368,7 @@ fn parse_value(
         ("v1", "Endpoints") => convert(&mut ctx, value).map(Typed::Endpoints),
         ("v1", "Pod") => convert(&mut ctx, value).map(Typed::Pod),
         ("v1", "Namespace") => return,
-        (api, k) if (api == "v1" && k == "List") || (k.len() > 4 && k.ends_with("List")) => {
+        (api, k) if is_list_kind(api, k) => {
             let Value::Object(mut map) = value else {
                 return;
             };
@@ -422,6 +422,12 @@ fn parse_value(
             out.errors.append(&mut ctx.errors);
         }
     }
+}
+
+/// `kind: List` (what `kubectl get ... -o yaml` prints) or a typed list (`ServiceList`):
+/// read item by item.
+pub(crate) fn is_list_kind(api_version: &str, kind: &str) -> bool {
+    (api_version == "v1" && kind == "List") || (kind.len() > 4 && kind.ends_with("List"))
 }
 
 /// Deserializes into the k8s-openapi type; a type error is recorded with its path.

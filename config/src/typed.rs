@@ -242,9 +242,7 @@ fn typed(events: &[Ev<'_>]) -> Option<Typed> {
         ("v1", "Endpoints") => Typed::Endpoints(read(events)?),
         ("v1", "Pod") => Typed::Pod(read(events)?),
         ("v1", "Namespace") => Typed::Namespace,
-        (api, k) if (api == "v1" && k == "List") || (k.len() > 4 && k.ends_with("List")) => {
-            return None;
-        }
+        (api, k) if crate::parse::is_list_kind(api, k) => return None,
         _ => Typed::Other {
             api_version: api_version.to_owned(),
             kind: kind.to_owned(),

@@ -648,11 +648,91 @@ fn bad_input_gets_error_codes_and_the_server_keeps_answering() {
         rdata(&decode(&udp_exchange(d.dns, &packed)), RecordType::A),
         ["10.96.0.10"]
     );
+    // Larger than the server's 2 KiB receive buffer (a question and 2,900 bytes of EDNS
+    // padding): FORMERR with the request's id, over UDP; TCP reads it whole and answers.
+    let mut big = Message::new(0x0108, MessageType::Query, OpCode::Query);
+    big.add_query(Query::query(name(web), RecordType::A));
+    let mut big = big.to_vec().unwrap();
+    big[11] = 1; // ARCOUNT
+    big.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0]);
+    big.extend_from_slice(&2904u16.to_be_bytes());
+    big.extend_from_slice(&[0, 12]); // option 12, padding
+    big.extend_from_slice(&2900u16.to_be_bytes());
+    big.extend_from_slice(&[0; 2900]);
+    assert_eq!(rcode(&udp_exchange(d.dns, &big)), 1);
+    assert_eq!(
+        rdata(&decode(&tcp_exchange(d.dns, &big)), RecordType::A),
+        ["10.96.0.10"]
+    );
     // Still healthy.
     assert_eq!(
         rdata(&d.both(web, RecordType::A), RecordType::A),
         ["10.96.0.10"]
     );
+}
+
+/// The UDP server takes the queries that wait on its socket in batches; every query of a
+/// burst, good or bad, gets its own answer (or, for non-queries, none).
+#[test]
+fn a_burst_of_udp_queries_is_answered_one_by_one() {
+    let dir = manifests();
+    let d = Daemon::start_ready(dir.path(), &[]);
+    let asks: [(&str, RecordType, ResponseCode, &[&str]); 4] = [
+        (
+            "web.demo.svc.cluster.local.",
+            RecordType::A,
+            ResponseCode::NoError,
+            &["10.96.0.10"],
+        ),
+        (
+            "_http._tcp.web.demo.svc.cluster.local.",
+            RecordType::SRV,
+            ResponseCode::NoError,
+            &["0 100 80 web.demo.svc.cluster.local."],
+        ),
+        (
+            "nope.demo.svc.cluster.local.",
+            RecordType::A,
+            ResponseCode::NXDomain,
+            &[],
+        ),
+        (
+            "big-7.big.demo.svc.cluster.local.",
+            RecordType::A,
+            ResponseCode::NoError,
+            &["10.244.100.8"],
+        ),
+    ];
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sent = std::collections::HashMap::new();
+    for i in 0..120usize {
+        let (qname, qtype, ..) = asks[i % asks.len()];
+        let q = build(qname, qtype, None);
+        sock.send_to(&q, d.dns).unwrap();
+        sent.insert(u16::from_be_bytes([q[0], q[1]]), i % asks.len());
+        // Things that get no reply, in the middle of the burst.
+        if i % 10 == 0 {
+            sock.send_to(&[1, 2, 3], d.dns).unwrap();
+            let mut resp = q.clone();
+            resp[2] |= 0x80;
+            sock.send_to(&resp, d.dns).unwrap();
+        }
+    }
+    let mut buf = [0u8; 4096];
+    while !sent.is_empty() {
+        let (n, _) = sock
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{} queries unanswered: {e}", sent.len()));
+        let m = decode(&buf[..n]);
+        let Some(k) = sent.remove(&m.metadata.id) else {
+            panic!("a reply to no query, or a second one: {m:?}");
+        };
+        let (qname, qtype, code, want) = asks[k];
+        assert_eq!(m.metadata.response_code, code, "{qname} {qtype}");
+        assert_eq!(m.queries[0].name(), &name(qname));
+        assert_eq!(rdata(&m, qtype), want, "{qname} {qtype}");
+    }
 }
 
 #[test]

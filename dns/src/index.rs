@@ -35,6 +35,9 @@ const INLINE: u8 = 0;
 const OVERFLOW: u8 = 1;
 /// Suffix index meaning "the whole name is stored".
 const NO_SUFFIX: u8 = u8::MAX;
+/// Lines of an overflow record that [`NameIndex::touch`] reads (an SRV answer with its
+/// additional records spans two or three).
+const TOUCH_OVERFLOW_LINES: usize = 3;
 /// FxHash's 64-bit multiplier (rustc-hash).
 const K: u64 = 0xf135_7aea_2e62_a9c5;
 
@@ -281,6 +284,35 @@ impl NameIndex {
             i = if i + 1 == slots { 0 } else { i + 1 };
         }
         None
+    }
+
+    /// The slot where a lookup of `name` starts; for [`NameIndex::touch`].
+    pub(crate) fn first_slot_of(&self, name: &[u8]) -> usize {
+        self.first_slot(hash(self.seed, name))
+    }
+
+    /// Reads the lines that lookups starting at `starts` ([`NameIndex::first_slot_of`]) read
+    /// first: each one's tag and slot, then the first lines of the overflow records those
+    /// slots point to. The loads have no use but this, and no branch waits on them until
+    /// all are issued: the CPU waits for the cache misses of a batch of queries together,
+    /// not one after another as the lookups themselves would.
+    pub(crate) fn touch(&self, starts: &[usize]) {
+        let mut acc = 0u8;
+        for &i in starts {
+            acc ^= self.tags.get(i).map_or(0, |&t| t as u8);
+            acc ^= self.slots.get(i).map_or(0, |s| s.0[0]);
+        }
+        for &i in starts {
+            let Some(slot) = self.slots.get(i).filter(|s| s.0[0] == OVERFLOW) else {
+                continue;
+            };
+            let s = &slot.0;
+            let at = u32::from_le_bytes([s[1], s[2], s[3], s[4]]) as usize;
+            for line in 0..TOUCH_OVERFLOW_LINES {
+                acc ^= self.overflow.get(at + line * SLOT).copied().unwrap_or(0);
+            }
+        }
+        std::hint::black_box(acc);
     }
 
     /// The record in slot `i` (which must be occupied).
@@ -576,6 +608,7 @@ mod tests {
             seed in any::<u64>(),
             // Few hash bits: collisions galore.
             mask in prop_oneof![Just(u64::MAX), Just(0x8000_0000_0000_0003u64), Just(0)],
+            stray in proptest::collection::vec(any::<usize>(), 0..8),
         ) {
             let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
             let mut b = IndexBuilder::with_seed(zones(), seed);
@@ -585,6 +618,10 @@ mod tests {
             }
             let idx = b.finish();
             prop_assert_eq!(idx.len(), entries.len());
+            // Touching slots, whichever (in range or not), changes nothing.
+            idx.touch(&stray);
+            let firsts: Vec<usize> = entries.iter().map(|(n, _)| idx.first_slot_of(n)).collect();
+            idx.touch(&firsts);
             for n in entries.iter().map(|(n, _)| n).chain(&probes) {
                     prop_assert_eq!(
                     idx.get_hashed(n, hash(seed, n) & mask),

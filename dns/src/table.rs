@@ -148,6 +148,17 @@ impl DnsTable {
         Entry::decode(self.names.get(name)?)
     }
 
+    /// Where the index lookup of `name` (lower-case wire form) starts; see [`DnsTable::touch`].
+    pub fn first_slot_of(&self, name: &[u8]) -> usize {
+        self.names.first_slot_of(name)
+    }
+
+    /// Reads the table lines that the lookups starting at `starts` read first, so that a
+    /// batch of queries waits for its cache misses together (see `NameIndex::touch`).
+    pub fn touch(&self, starts: &[usize]) {
+        self.names.touch(starts);
+    }
+
     /// Every name of the table (lower-case wire form) with its entry, in no useful order.
     pub fn entries(&self) -> impl Iterator<Item = (Vec<u8>, Entry<'_>)> + '_ {
         self.names

@@ -81,6 +81,45 @@ pub fn respond(
     }
 }
 
+/// Reads the table lines that answering `reqs` will read first, without answering them. A
+/// server that received several requests at once calls this before answering any: their
+/// cache misses then overlap. `key` and `starts` are scratch buffers.
+pub fn touch<'a>(
+    table: &DnsTable,
+    reqs: impl IntoIterator<Item = &'a [u8]>,
+    key: &mut Vec<u8>,
+    starts: &mut Vec<usize>,
+) {
+    starts.clear();
+    for req in reqs {
+        if req.len() >= 12
+            && req[2] & 0x80 == 0
+            && let Parse::Plain(_) = parse_plain(req, key)
+        {
+            starts.push(table.first_slot_of(key));
+        }
+    }
+    table.touch(starts);
+}
+
+/// The answer to a request of which only the first bytes, `head`, were received (it did not
+/// fit the receive buffer): FORMERR with the request's id and opcode, nothing when `head` is
+/// not a request.
+pub fn oversized(head: &[u8], out: &mut Vec<u8>) -> Outcome {
+    out.clear();
+    if head.len() < 12 || head[2] & 0x80 != 0 {
+        return Outcome::Drop;
+    }
+    let id = u16::from_be_bytes([head[0], head[1]]);
+    error(
+        id,
+        OpCode::from_u8((head[2] >> 3) & 0x0F),
+        ResponseCode::FormErr,
+        None,
+        out,
+    )
+}
+
 fn u16_at(b: &[u8], i: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]))
 }

@@ -17,7 +17,7 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::{DNSClass, RecordType};
 use proptest::prelude::*;
 use svcplane_dns::DnsTable;
-use svcplane_dns::wire::{EDNS_PAYLOAD, Outcome, Transport};
+use svcplane_dns::wire::{self, EDNS_PAYLOAD, Outcome, Transport};
 
 /// A headless Service `big.demo` with `n` ready endpoints, all with hostnames.
 fn big_headless(n: usize) -> String {
@@ -442,6 +442,23 @@ fn seeds() -> Vec<Vec<u8>> {
 }
 
 fn check_never_panics(table: &DnsTable, req: &[u8]) -> Result<(), TestCaseError> {
+    // The UDP server's batch path: touching the table for any bytes, then the answer to a
+    // request cut short by the receive buffer (FORMERR with its id, or nothing).
+    let (mut key, mut starts) = (Vec::new(), Vec::new());
+    wire::touch(table, [req, req], &mut key, &mut starts);
+    let mut out = Vec::new();
+    match wire::oversized(req, &mut out) {
+        Outcome::Reply(rcode) => {
+            prop_assert_eq!(rcode, ResponseCode::FormErr);
+            let m = Message::from_vec(&out)
+                .map_err(|e| TestCaseError::fail(format!("undecodable reply {out:?}: {e}")))?;
+            prop_assert_eq!(&out[..2], &req[..2], "id");
+            prop_assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+            prop_assert_eq!(m.metadata.message_type, MessageType::Response);
+        }
+        Outcome::Drop => prop_assert!(out.is_empty() && (req.len() < 12 || req[2] & 0x80 != 0)),
+        Outcome::Forward => prop_assert!(false, "an oversized request is never forwarded"),
+    }
     for t in [Some(table), None] {
         for transport in [Transport::Udp, Transport::Tcp] {
             for forward in [false, true] {

@@ -522,3 +522,20 @@ impl RequestHandler for TcpHandler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv6Addr, SocketAddrV4, SocketAddrV6};
+
+    use super::*;
+
+    #[test]
+    fn senders_of_both_families_convert_back_to_std_addresses() {
+        let v4: SocketAddr = SocketAddrV4::new([10, 1, 2, 3].into(), 5353).into();
+        let ip = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, 2);
+        let v6: SocketAddr = SocketAddrV6::new(ip, 53, 7, 9).into();
+        for addr in [v4, v6] {
+            assert_eq!(socket_addr(SockaddrStorage::from(addr)), Some(addr));
+        }
+    }
+}

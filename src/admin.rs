@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -82,7 +83,10 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState, cancel: Canc
             res = listener.accept() => match res {
                 Ok(v) => v,
                 Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning
+                    // (it did: one core busy and a warning per microsecond).
                     tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },

@@ -160,7 +160,7 @@ pub(crate) struct DemoArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Mode {
     /// Proxy every frontend (ClusterIP, node address x nodePort, LoadBalancer ingress IP,
-    /// externalIP) through a TCP/UDP userspace proxy; VIPs are added to `lo`.
+    /// externalIP) through a TCP/UDP userspace proxy; VIPs are routed to `lo`.
     Userspace,
     /// Rewrite connect()/sendmsg() to service frontends into endpoints with eBPF programs on
     /// the cgroup hooks of `--cgroup` (socket-level load balancing, no proxy in the path).

@@ -112,6 +112,19 @@ fn wait_served(t: &Topology, to: SocketAddr) {
     });
 }
 
+/// The VIP routes the daemon keeps in the node's `local` table (both families, protocol
+/// 0x73), and what of them shows as an address of `lo` (nothing, since VIPs are routes).
+fn vip_routes(t: &Topology) -> String {
+    let mut out = String::new();
+    for family in ["-4", "-6"] {
+        let args = [
+            family, "-o", "route", "show", "table", "local", "proto", "115",
+        ];
+        out += &netns::ip_out(&t.node.name, &args);
+    }
+    out
+}
+
 fn lo_addrs(t: &Topology) -> String {
     netns::ip_out(&t.node.name, &["-o", "addr", "show", "dev", "lo"])
 }
@@ -180,10 +193,16 @@ fn every_frontend_balances_round_robin_and_vips_are_removed_on_exit() {
     });
     assert_eq!(udp, counts(&[("b0", 2), ("b1", 2), ("b2", 2)]));
 
-    // The VIPs were added to lo, and metrics count the traffic per endpoint.
+    // The VIPs are local routes through lo (not addresses), and metrics count the traffic
+    // per endpoint.
+    let routes = vip_routes(&t);
     let lo = lo_addrs(&t);
     for vip in [VIP, LB, EXTERNAL, VIP6] {
-        assert!(lo.contains(vip), "{vip} not on lo: {lo}");
+        assert!(
+            routes.contains(&format!("local {vip} dev lo")),
+            "{vip} not routed: {routes}"
+        );
+        assert!(!lo.contains(vip), "{vip} an address of lo: {lo}");
     }
     let metrics = d.get(&t.node, "/metrics");
     assert!(
@@ -227,9 +246,9 @@ fn every_frontend_balances_round_robin_and_vips_are_removed_on_exit() {
 
     // SIGTERM: exit 0 and leave no VIP behind.
     assert!(d.terminate().success());
-    let lo = lo_addrs(&t);
+    let routes = vip_routes(&t);
     for vip in [VIP, LB, EXTERNAL, VIP6] {
-        assert!(!lo.contains(vip), "{vip} left on lo: {lo}");
+        assert!(!routes.contains(vip), "{vip} left routed: {routes}");
     }
 }
 
@@ -452,7 +471,7 @@ subsets: [{{addresses: [{{ip: "{}"}}], ports: [{{port: 8080}}]}}]
             Outcome::Served(_)
         )
     });
-    assert!(!lo_addrs(&t).contains("10.96.0.20"));
+    assert!(!vip_routes(&t).contains("10.96.0.20"));
     // The other service is untouched.
     assert_eq!(requests(&t, addr(VIP, 80), 2), counts(&[("b2", 2)]));
 }
@@ -511,5 +530,50 @@ fn sigterm_drains_established_connections_then_removes_vips() {
     assert!(intact, "echo of {len} bytes differs");
     let status = d.wait();
     assert!(status.success(), "{status}");
-    assert!(!lo_addrs(&t).contains(VIP));
+    assert!(!vip_routes(&t).contains(VIP));
+}
+
+/// A daemon killed with SIGKILL leaves its VIP routes behind; the next one adopts them,
+/// removes those no longer wanted, and on SIGTERM its own.
+#[test]
+fn a_killed_daemons_vip_routes_are_adopted_and_removed_by_the_next() {
+    if !netns::require_root() {
+        return;
+    }
+    let t = Topology::new(1);
+    let dir = tempfile::tempdir().unwrap();
+    write_manifest(dir.path(), "web.yaml", &web(&all_v4(&t), &[], false));
+    let mut d = t.daemon(dir.path(), &[]);
+    wait_served(&t, addr(VIP, 80));
+    d.kill9();
+    let left = vip_routes(&t);
+    assert!(left.contains(&format!("local {VIP} dev lo")), "{left}");
+
+    // The next daemon serves another Service only.
+    std::fs::remove_file(dir.path().join("web.yaml")).unwrap();
+    let other = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: other, namespace: default}}
+spec:
+  clusterIP: 10.96.0.30
+  ports: [{{port: 8000, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: other, namespace: default}}
+subsets: [{{addresses: [{{ip: "{}"}}], ports: [{{port: 8080}}]}}]
+"#,
+        t.backends[0].v4
+    );
+    write_manifest(dir.path(), "other.yaml", &other);
+    let d = t.daemon(dir.path(), &[]);
+    wait_served(&t, addr("10.96.0.30", 8000));
+    wait_until("the dead daemon's VIP routes to go", || {
+        let routes = vip_routes(&t);
+        ![VIP, LB, EXTERNAL].iter().any(|v| routes.contains(v))
+    });
+    assert!(d.terminate().success());
+    let routes = vip_routes(&t);
+    assert!(!routes.contains("10.96.0.30"), "{routes}");
 }

@@ -3,7 +3,7 @@
 //! For every snapshot it builds one [`FrontendTable`] (every ClusterIP, node address ×
 //! nodePort, LoadBalancer ingress IP and externalIP, each × port, with the route of
 //! endpoints it balances over), swaps it in whole, and reconciles the listening sockets and
-//! the VIP addresses on `lo` to it. The data path reads the table with one `ArcSwap` load
+//! the VIP routes through `lo` to it. The data path reads the table with one `ArcSwap` load
 //! per new connection (UDP: per datagram).
 //!
 //! - [`route`]: round-robin with an atomic cursor, exact while nothing is ejected;
@@ -17,8 +17,9 @@
 //!   rebuilt. The daemon's health self-test adds one more TCP frontend ([`Probe`], kind
 //!   `self-test`) to every table, so `/healthz` is answered by a connection through this
 //!   very data path.
-//! - [`addrs`]: netlink (rtnetlink) address listing and the VIPs added to `lo`, tagged so a
-//!   later run can tell them apart from addresses it must not touch.
+//! - [`addrs`]: netlink (rtnetlink) address listing, and the VIPs made local by `local`
+//!   routes through `lo`, tagged so a later run can tell them apart from routes it must not
+//!   touch.
 //! - `workers`: one current-thread runtime per core; every frontend gets one SO_REUSEPORT
 //!   socket and accept loop per worker, and a connection stays on its worker.
 //! - [`status`]: what `svcplane status` prints, read from the live table.
@@ -82,7 +83,7 @@ pub struct ProxyOptions {
     /// 127.0.0.1, read at start.
     pub node_ips: Option<Vec<IpAddr>>,
     pub udp_idle: Duration,
-    /// Add VIPs that are not local to `lo` (and remove them again).
+    /// Make VIPs that are not local local, with routes through `lo` (and remove them again).
     pub manage_addresses: bool,
     /// Data-path threads; 0: one per CPU this process may run on.
     pub workers: usize,

@@ -112,6 +112,24 @@ fn wait_served(t: &Topology, to: SocketAddr) {
     });
 }
 
+/// A ClusterIP Service `name` on `vip`:8000 with one endpoint `ip`:8080 (Endpoints API).
+fn one_port_service(name: &str, vip: &str, ip: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  clusterIP: {vip}
+  ports: [{{port: 8000, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: {name}, namespace: default}}
+subsets: [{{addresses: [{{ip: "{ip}"}}], ports: [{{port: 8080}}]}}]
+"#
+    )
+}
+
 /// The VIP routes the daemon keeps in the node's `local` table (both families, protocol
 /// 0x73), and what of them shows as an address of `lo` (nothing, since VIPs are routes).
 fn vip_routes(t: &Topology) -> String {
@@ -443,21 +461,7 @@ fn live_changes_never_cut_established_connections() {
     assert_eq!(rest, "still here\n");
 
     // Frontends come and go live: a new Service listens, a removed one stops.
-    let extra = format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: extra, namespace: default}}
-spec:
-  clusterIP: 10.96.0.20
-  ports: [{{port: 8000, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Endpoints
-metadata: {{name: extra, namespace: default}}
-subsets: [{{addresses: [{{ip: "{}"}}], ports: [{{port: 8080}}]}}]
-"#,
-        ips[0]
-    );
+    let extra = one_port_service("extra", "10.96.0.20", &ips[0]);
     write_manifest(dir.path(), "extra.yaml", &extra);
     wait_served(&t, addr("10.96.0.20", 8000));
     assert_eq!(
@@ -551,21 +555,7 @@ fn a_killed_daemons_vip_routes_are_adopted_and_removed_by_the_next() {
 
     // The next daemon serves another Service only.
     std::fs::remove_file(dir.path().join("web.yaml")).unwrap();
-    let other = format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: other, namespace: default}}
-spec:
-  clusterIP: 10.96.0.30
-  ports: [{{port: 8000, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Endpoints
-metadata: {{name: other, namespace: default}}
-subsets: [{{addresses: [{{ip: "{}"}}], ports: [{{port: 8080}}]}}]
-"#,
-        t.backends[0].v4
-    );
+    let other = one_port_service("other", "10.96.0.30", &t.backends[0].v4.to_string());
     write_manifest(dir.path(), "other.yaml", &other);
     let d = t.daemon(dir.path(), &[]);
     wait_served(&t, addr("10.96.0.30", 8000));

@@ -219,25 +219,17 @@ impl VipAddrs {
     }
 
     async fn add(&self, ip: IpAddr) -> Result<(), AddrError> {
-        match self.handle.route().add(self.route(ip)).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-            Err(source) => Err(AddrError::Netlink {
-                what: format!("add local route {ip}/{} via lo", full_prefix(ip)),
-                source,
-            }),
-        }
+        let res = self.handle.route().add(self.route(ip)).execute().await;
+        tolerating(res, EEXIST, || {
+            format!("add local route {ip}/{} via lo", full_prefix(ip))
+        })
     }
 
     async fn del(&self, ip: IpAddr) -> Result<(), AddrError> {
-        match self.handle.route().del(self.route(ip)).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(ESRCH) => Ok(()),
-            Err(source) => Err(AddrError::Netlink {
-                what: format!("remove local route {ip}/{} via lo", full_prefix(ip)),
-                source,
-            }),
-        }
+        let res = self.handle.route().del(self.route(ip)).execute().await;
+        tolerating(res, ESRCH, || {
+            format!("remove local route {ip}/{} via lo", full_prefix(ip))
+        })
     }
 
     /// Removes the address `ip`/32 (or /128) from `lo` with one request (an earlier
@@ -253,14 +245,8 @@ impl VipAddrs {
         msg.header.index = self.lo;
         msg.attributes.push(AddressAttribute::Local(ip));
         msg.attributes.push(AddressAttribute::Address(ip));
-        match self.handle.address().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => Ok(()),
-            Err(source) => Err(AddrError::Netlink {
-                what: format!("remove {ip} from lo"),
-                source,
-            }),
-        }
+        let res = self.handle.address().del(msg).execute().await;
+        tolerating(res, EADDRNOTAVAIL, || format!("remove {ip} from lo"))
     }
 }
 
@@ -296,6 +282,22 @@ fn vip_route(m: &RouteMessage, lo: u32) -> Option<IpAddr> {
         && oif == Some(lo)
         && h.destination_prefix_length == full_prefix(ip);
     ours.then_some(ip)
+}
+
+/// `res`, with the error `harmless` (already there, already gone) counted as success and
+/// any other named by `what`.
+fn tolerating(
+    res: Result<(), rtnetlink::Error>,
+    harmless: i32,
+    what: impl FnOnce() -> String,
+) -> Result<(), AddrError> {
+    match res {
+        Err(e) if errno(&e) != Some(harmless) => Err(AddrError::Netlink {
+            what: what(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {

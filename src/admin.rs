@@ -141,13 +141,18 @@ fn json(body: serde_json::Result<Vec<u8>>) -> Response<Full<Bytes>> {
     }
 }
 
-/// `/debug/proxy` of the eBPF mode: the maps' frontends with their endpoints in slot order,
-/// and the port's other endpoints as unused; no counters (there is no per-connection state).
+/// `/debug/proxy` of the eBPF mode: the maps' frontends with their endpoints in slot order
+/// and the programs' connection counts, and the port's other endpoints as unused. No byte
+/// or active counts: the programs see a connection only at connect().
 fn ebpf_status(
     listing: &svcplane_ebpf::Listing,
     snap: &Snapshot,
     version: u64,
 ) -> serde_json::Value {
+    let conns = listing
+        .connections()
+        .map_err(|e| tracing::warn!(error = %e, "reading the connection counters (v1_conns)"))
+        .ok();
     let mut fronts = listing.frontends();
     fronts.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
     let frontends: Vec<serde_json::Value> = fronts
@@ -161,13 +166,19 @@ fn ebpf_status(
                 Some(v) if v.load_balancer_ips.contains(&fe.ip) => "LoadBalancer",
                 Some(_) => "NodePort",
             };
-            let mut endpoints: Vec<serde_json::Value> = slots
-                .iter()
-                .map(|addr| {
+            let mut endpoints: Vec<serde_json::Value> = (1..=u16::MAX)
+                .zip(&slots)
+                .map(|(slot, addr)| {
                     let state = view
                         .and_then(|v| v.endpoints.iter().find(|e| e.backend.0 == *addr))
                         .map_or("ready", |e| condition(e.conditions));
-                    serde_json::json!({"endpoint": addr.to_string(), "state": state, "routed": true})
+                    let mut ep = serde_json::json!({
+                        "endpoint": addr.to_string(), "state": state, "routed": true,
+                    });
+                    if let Some(c) = &conns {
+                        ep["connections"] = c.get(fe, slot, *addr).into();
+                    }
+                    ep
                 })
                 .collect();
             for e in view.map(|v| v.endpoints.as_slice()).unwrap_or_default() {

@@ -22,7 +22,7 @@ pub(crate) enum Command {
     /// Validate manifests; exit 1 with every error listed.
     Check(CheckArgs),
     /// What the running daemon has programmed: every frontend and its endpoints, with
-    /// state, active connections and totals (like `ipvsadm -Ln`).
+    /// state, active connections and totals (like `ipvsadm -Ln`; eBPF mode: totals only).
     Status(StatusArgs),
     /// The embedded default: built-in backends and example Services on loopback, the
     /// userspace data plane and DNS; prints what to try. No root needed.

@@ -10,7 +10,7 @@ use svcplane_config::{
     AllocOptions, Change, Loader, ManifestWatcher, ParseOptions, Snapshot, diff,
 };
 use svcplane_dns::{DnsCollector, DnsConfig, DnsOptions, DnsServer, DnsSource};
-use svcplane_ebpf::{EbpfCollector, EbpfDataPlane, EbpfFeatures, EbpfOptions};
+use svcplane_ebpf::{EbpfDataPlane, EbpfFeatures, EbpfOptions};
 use svcplane_proxy::{Probe, ProxyOptions, UserspaceProxy, VipAddrs};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -193,7 +193,7 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
         vec![Box::new(DnsCollector(dns.metrics()))];
     match &plane {
         Some(DataPlane::Userspace(p)) => collectors.push(Box::new(p.collector())),
-        Some(DataPlane::Ebpf(e)) => collectors.push(Box::new(EbpfCollector(e.metrics()))),
+        Some(DataPlane::Ebpf(e)) => collectors.push(Box::new(e.collector())),
         None => {}
     }
     // Stopped first on shutdown: a draining data plane is not a failing one.

@@ -56,7 +56,7 @@ fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 fn table(status: &Value) -> String {
     let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
     let n = |v: &Value| v.as_u64().unwrap_or(0);
-    // Counters the data plane does not keep (the eBPF mode has no per-connection state).
+    // Counters the data plane does not keep (the eBPF mode counts only new connections).
     let c = |v: &Value| v.as_u64().map_or("-".to_string(), |x| x.to_string());
     let mut out = format!(
         "mode {}, snapshot version {}\n",

@@ -170,8 +170,8 @@ fn ebpf_mode_routes_across_a_crash_and_a_restart_until_cleanup() {
         "{health}"
     );
 
-    // `status` lists what the maps hold: the VIP with its endpoints in slot order, and the
-    // self-test frontend; no counters.
+    // `status` lists what the maps hold: the VIP with its endpoints in slot order and the
+    // programs' connection counts (nothing else is counted), and the self-test frontend.
     let table = d.status(&[]);
     assert!(
         table.starts_with("mode ebpf, snapshot version 1\n"),
@@ -187,11 +187,12 @@ fn ebpf_mode_routes_across_a_crash_and_a_restart_until_cleanup() {
         "{table}"
     );
     for (k, line) in lines[vip + 1..vip + 4].iter().enumerate() {
-        let want = format!("  -> 10.201.{k}.2:8080");
-        assert!(line.starts_with(&want) && line.contains("ready"), "{table}");
-        assert!(
-            line.trim_end().ends_with('-'),
-            "no counters in ebpf mode: {table}"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let ep = format!("10.201.{k}.2:8080");
+        assert_eq!(
+            fields,
+            ["->", &ep, "ready", "-", "2", "-", "-", "-"],
+            "{table}"
         );
     }
     assert!(table.contains("self-test"), "{table}");
@@ -207,6 +208,12 @@ fn ebpf_mode_routes_across_a_crash_and_a_restart_until_cleanup() {
         metrics.contains("svcplane_ebpf_frontends 2"),
         "the VIP and the self-test: {metrics}"
     );
+    for k in 0..3 {
+        let line = format!(
+            "svcplane_proxy_connections_total{{service=\"default/web\",port=\"80\",protocol=\"TCP\",endpoint=\"10.201.{k}.2:8080\"}} 2\n"
+        );
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
 
     // A crash leaves the programs pinned: traffic still routes.
     d.kill9();
@@ -226,6 +233,27 @@ fn ebpf_mode_routes_across_a_crash_and_a_restart_until_cleanup() {
     let mut sorted = got.clone();
     sorted.sort();
     assert_eq!(sorted, ["b0", "b0", "b0", "b1", "b1", "b1"], "{got:?}");
+    // The counters live in the pinned maps: the 2 + 1 + 3 connections each of b0 and b1
+    // took before, during and after the crash; b2's slot went with its counter.
+    let table = d.status(&[]);
+    let counts: Vec<(String, String)> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("TCP   10.96.0.10:80 "))
+        .skip(1)
+        .take_while(|l| l.starts_with("  -> "))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[1].to_string(), f[4].to_string())
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("10.201.0.2:8080".to_string(), "6".to_string()),
+            ("10.201.1.2:8080".to_string(), "6".to_string())
+        ],
+        "{table}"
+    );
     let logs = d.log_text();
     assert!(d.terminate().success(), "{logs}");
     let got = requests(&cg.0, &t.node.name, 2);

@@ -26,6 +26,17 @@ struct {
 	__type(value, struct svc_value);
 } v1_services SEC(".maps");
 
+/* Per (frontend, slot): new connections to the slot's endpoint (see struct svc_conns). The
+ * daemon deletes a slot's counter with the slot; entries exist only for slots that took a
+ * connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, SVC_MAX_SERVICES);
+	__type(key, struct svc_key);
+	__type(value, struct svc_conns);
+} v1_conns SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, SVC_MAX_FRONTENDS);
@@ -122,6 +133,40 @@ static __always_inline int backend_current(const struct svc_frontend *fe, __u16 
 		return 0;
 	return v->port == b->port && v->addr[0] == b->addr[0] && v->addr[1] == b->addr[1] &&
 	       v->addr[2] == b->addr[2] && v->addr[3] == b->addr[3];
+}
+
+static __always_inline int same_backend(const struct svc_backend *a, const struct svc_backend *b)
+{
+	return a->port == b->port && a->addr[0] == b->addr[0] && a->addr[1] == b->addr[1] &&
+	       a->addr[2] == b->addr[2] && a->addr[3] == b->addr[3];
+}
+
+/* One more new connection to `b`, counted on its slot. The first connection creates the
+ * counter (of two racing creators, the loser adds to the winner's); a counter left by the
+ * slot's previous endpoint is replaced. */
+static __always_inline void count_conn(const struct svc_frontend *fe, const struct svc_backend *b)
+{
+	struct svc_key key = {};
+
+	key.fe = *fe;
+	key.slot = b->slot;
+	struct svc_conns *c = bpf_map_lookup_elem(&v1_conns, &key);
+	if (c && same_backend(&c->backend, b)) {
+		__sync_fetch_and_add(&c->connections, 1);
+		return;
+	}
+	struct svc_conns n = {};
+	n.connections = 1;
+	n.backend = *b;
+	if (c) {
+		bpf_map_update_elem(&v1_conns, &key, &n, BPF_EXIST);
+		return;
+	}
+	if (bpf_map_update_elem(&v1_conns, &key, &n, BPF_NOEXIST) == 0)
+		return;
+	c = bpf_map_lookup_elem(&v1_conns, &key);
+	if (c && same_backend(&c->backend, b))
+		__sync_fetch_and_add(&c->connections, 1);
 }
 
 /* Round robin: the frontend's counter, then the slot it names. */
@@ -228,6 +273,7 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, int v6)
 		return 0;
 	if (!pick(&fe, front, &b))
 		return 1;
+	count_conn(&fe, &b);
 	if (fe.proto == IPPROTO_UDP) {
 		remember_rev(ctx, &fe, &b);
 	} else if (cfg_tcp_peer_vip) {
@@ -304,6 +350,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, int v6)
 	} else {
 		if (!pick(&fe, front, &b))
 			return 1;
+		count_conn(&fe, &b);
 		bpf_map_update_elem(&v1_udp_sticky, &sk, &b, BPF_ANY);
 		remember_rev(ctx, &fe, &b);
 	}

@@ -59,6 +59,16 @@ struct svc_backend {
 	__u16 slot;
 };
 
+/* Value of v1_conns, keyed by svc_key (a frontend and slot >= 1): the new connections the
+ * programs sent to `backend` while it held that slot (connect() of TCP and UDP, and the
+ * first datagram of an unconnected UDP socket). A counter whose backend is not the slot's
+ * endpoint any more starts anew at the next one. 32 bytes. */
+struct svc_conns {
+	__u64 connections;
+	struct svc_backend backend;
+	__u32 pad;
+};
+
 /* v1_udp_sticky key: one endpoint per (unconnected UDP socket, frontend). 32 bytes. */
 struct svc_sticky_key {
 	__u64 cookie;
@@ -115,6 +125,7 @@ _Static_assert(sizeof(struct svc_frontend) == 20, "svc_frontend");
 _Static_assert(sizeof(struct svc_key) == 24, "svc_key");
 _Static_assert(sizeof(struct svc_value) == 32, "svc_value");
 _Static_assert(sizeof(struct svc_backend) == 20, "svc_backend");
+_Static_assert(sizeof(struct svc_conns) == 32, "svc_conns");
 _Static_assert(sizeof(struct svc_sticky_key) == 32, "svc_sticky_key");
 _Static_assert(sizeof(struct svc_rev_key) == 32, "svc_rev_key");
 _Static_assert(sizeof(struct svc_affinity_key) == 16, "svc_affinity_key");

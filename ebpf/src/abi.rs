@@ -54,6 +54,16 @@ pub(crate) struct SvcBackend {
     pub(crate) slot: u16,
 }
 
+/// `struct svc_conns` (`v1_conns`, keyed by [`SvcKey`]): new connections to the endpoint
+/// of a frontend's slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SvcConns {
+    pub(crate) connections: u64,
+    pub(crate) backend: SvcBackend,
+    pub(crate) pad: u32,
+}
+
 /// `struct svc_sticky_key` (`v1_udp_sticky`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -121,6 +131,8 @@ unsafe impl aya::Pod for SvcFrontend {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SvcBackend {}
 // SAFETY: as above.
+unsafe impl aya::Pod for SvcConns {}
+// SAFETY: as above.
 unsafe impl aya::Pod for SvcStickyKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SvcRevKey {}
@@ -137,6 +149,7 @@ const _: () = assert!(std::mem::size_of::<SvcFrontend>() == 20);
 const _: () = assert!(std::mem::size_of::<SvcKey>() == 24);
 const _: () = assert!(std::mem::size_of::<SvcValue>() == 32);
 const _: () = assert!(std::mem::size_of::<SvcBackend>() == 20);
+const _: () = assert!(std::mem::size_of::<SvcConns>() == 32);
 const _: () = assert!(std::mem::size_of::<SvcStickyKey>() == 32);
 const _: () = assert!(std::mem::size_of::<SvcRevKey>() == 32);
 const _: () = assert!(std::mem::size_of::<SvcAffinityKey>() == 16);

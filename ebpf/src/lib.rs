@@ -14,11 +14,19 @@
 //! How a connection is balanced: slot 0 of a frontend (address, port, protocol) in
 //! `v1_services` holds its endpoint count, id and affinity timeout; slots 1..=count its
 //! endpoints. connect() (TCP, connected UDP) picks `counter[id]++ % count + 1` with an
-//! atomic add and writes nothing else unless the Service has ClientIP affinity. Unconnected
+//! atomic add, counts the connection (below) and writes nothing else unless the Service has
+//! ClientIP affinity. Unconnected
 //! UDP keeps one endpoint per (socket, frontend) in an LRU map; UDP sockets see the frontend
 //! in `recvfrom` and `getpeername` through a reverse LRU map. ClientIP affinity is per
 //! network namespace (at socket level that is the client pod) with the Service's timeout.
 //! A frontend with no endpoint refuses connect/sendmsg with EPERM.
+//!
+//! Counters: each balanced connect() and each first datagram of an unconnected UDP socket
+//! adds one to the counter of the chosen (frontend, slot) in `v1_conns` (an atomic add; the
+//! first connection of a slot inserts it), which remembers the endpoint it counts for, so
+//! a slot given to another endpoint starts anew and a deleted slot loses its counter.
+//! [`Listing::connections`] reads them for `svcplane status`. There are no byte or active
+//! connection counts: after connect() the programs never see the connection again.
 //!
 //! Stale UDP (an endpoint removed while sockets still talk to it): unconnected UDP is
 //! re-pointed on its next `sendmsg`, because each datagram checks with one lookup that its
@@ -67,7 +75,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use loader::cleanup;
-pub use maps::{BpfMaps, read_frontends};
+pub use maps::{BpfMaps, Connections, read_connections, read_frontends};
 pub use metrics::{EbpfCollector, EbpfMetrics};
 pub use sync::{FrontendSet, FrontendState, MapOp, MapOps, NodeInfo, SyncReport, Syncer};
 
@@ -177,16 +185,25 @@ pub enum EbpfError {
 
 /// What the maps hold, read through the programming loop's syncer.
 #[derive(Clone, Debug)]
-pub struct Listing(Arc<Mutex<Option<Syncer>>>);
+pub struct Listing {
+    syncer: Arc<Mutex<Option<Syncer>>>,
+    pin_root: PathBuf,
+}
 
 impl Listing {
     /// Every frontend with the Service port that owns it (or the self-test's key) and its
     /// endpoints in slot order. One pass over the frontends, under the syncer's lock.
     pub fn frontends(&self) -> Vec<(Frontend, ServicePortKey, Vec<std::net::SocketAddr>)> {
-        lock(&self.0)
+        lock(&self.syncer)
             .as_ref()
             .map(Syncer::listing)
             .unwrap_or_default()
+    }
+
+    /// The programs' connection counters (one read of the pinned `v1_conns`; only slots
+    /// that took a connection have one).
+    pub fn connections(&self) -> Result<Connections, aya::maps::MapError> {
+        read_connections(&self.pin_root)
     }
 }
 
@@ -278,14 +295,26 @@ impl EbpfDataPlane {
         self.programmed.clone()
     }
 
-    /// The programming loop's metrics (register [`EbpfCollector`] for `/metrics`).
+    /// The programming loop's metrics.
     pub fn metrics(&self) -> Arc<EbpfMetrics> {
         Arc::clone(&self.metrics)
     }
 
-    /// Reads what the maps hold, for `svcplane status` (cheap to clone).
+    /// What `/metrics` shows of this data plane: the loop's metrics and the connection
+    /// counters.
+    pub fn collector(&self) -> EbpfCollector {
+        EbpfCollector {
+            metrics: self.metrics(),
+            listing: self.listing(),
+        }
+    }
+
+    /// Reads what the maps hold, for `svcplane status` and `/metrics` (cheap to clone).
     pub fn listing(&self) -> Listing {
-        Listing(Arc::clone(&self.syncer))
+        Listing {
+            syncer: Arc::clone(&self.syncer),
+            pin_root: self.pin_root.clone(),
+        }
     }
 
     /// The cgroup the programs are attached to.

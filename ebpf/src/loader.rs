@@ -1,7 +1,7 @@
 //! Preflight, loading, attaching and pinning; adoption of pinned state; cleanup.
 //!
 //! Layout under the pin root (default `/sys/fs/bpf/svcplane/`):
-//! `v1_services`, `v1_rr`, `v1_udp_sticky`, `v1_rev`, `v1_affinity`, `v1_tcp_peer` (maps) and
+//! `v1_services`, `v1_conns`, `v1_rr`, `v1_udp_sticky`, `v1_rev`, `v1_affinity`, `v1_tcp_peer` (maps) and
 //! `links/v1_<program>` (one cgroup link per program). A start loads the programs against
 //! the pinned maps (creating them if absent), attaches them next to the links already
 //! there and renames the new link pins over the old ones: both run for a moment (the
@@ -18,7 +18,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::EbpfError;
-use crate::abi::{SvcKey, SvcValue};
+use crate::abi::{SvcConns, SvcKey, SvcValue};
 use crate::maps::BpfMaps;
 use crate::stale::{self, Purger};
 use crate::sync::FrontendSet;
@@ -29,8 +29,9 @@ pub(crate) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svcplane.bpf.o"));
 
 /// Map names in the object (and their pin names).
-pub(crate) const MAPS: [&str; 6] = [
+pub(crate) const MAPS: [&str; 7] = [
     "v1_services",
+    "v1_conns",
     "v1_rr",
     "v1_udp_sticky",
     "v1_rev",
@@ -89,19 +90,19 @@ pub(crate) fn load(
     let object: &[u8] = patched.as_ref().map_or(OBJECT, |(_, o)| &o[..]);
     let mut bpf = loader.load(object).map_err(classify)?;
     attach_all(&mut bpf, pin_root, &cgroup)?;
-    let services = bpf
-        .take_map("v1_services")
-        .ok_or(EbpfError::MissingInObject("v1_services"))?;
-    let services: HashMap<MapData, SvcKey, SvcValue> =
-        HashMap::try_from(services).map_err(|source| EbpfError::Map {
-            name: "v1_services",
-            source,
-        })?;
-    let mut maps = BpfMaps::new(services);
+    let services = take_hash::<SvcValue>(&mut bpf, "v1_services")?;
+    let conns = take_hash::<SvcConns>(&mut bpf, "v1_conns")?;
+    let mut maps = BpfMaps::new(services, conns);
     let current = maps.adopt().map_err(|source| EbpfError::Map {
         name: "v1_services",
         source,
     })?;
+    // Counters are for status only: a failure here must not stop routing.
+    match maps.prune_counters(&current) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "stale connection counters (v1_conns) removed"),
+        Err(e) => tracing::warn!(error = %e, "removing stale connection counters (v1_conns)"),
+    }
     let purger = match patched {
         Some((btf, _)) => match Purger::new(bpf, &btf) {
             Ok(p) => Some(p),
@@ -123,6 +124,15 @@ pub(crate) fn load(
         cgroup,
         purger,
     })
+}
+
+/// The object's hash map `name`, keyed by [`SvcKey`], taken out of `bpf`.
+fn take_hash<V: aya::Pod>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, SvcKey, V>, EbpfError> {
+    let map = bpf.take_map(name).ok_or(EbpfError::MissingInObject(name))?;
+    HashMap::try_from(map).map_err(|source| EbpfError::Map { name, source })
 }
 
 fn attach_all(bpf: &mut Ebpf, pin_root: &Path, cgroup: &Path) -> Result<(), EbpfError> {

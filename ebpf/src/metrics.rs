@@ -1,7 +1,10 @@
 //! Metrics of the programming loop, with kube-proxy's names where the meaning is the same:
 //! how long a sync took (snapshot diff + map writes), how long after the manifest change the
-//! maps held it, and the last sync's size.
+//! maps held it, and the last sync's size; and the programs' connection counters under the
+//! userspace mode's name, `svcplane_proxy_connections_total`.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -9,9 +12,13 @@ use std::time::Duration;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
+use svcplane_config::ServicePortKey;
+
+use crate::Listing;
 use crate::sync::SyncReport;
 
 /// Figures of the programming loop.
@@ -51,13 +58,61 @@ impl EbpfMetrics {
     }
 }
 
-/// Registers [`EbpfMetrics`] in a registry.
+/// Registers [`EbpfMetrics`] and the programs' connection counters in a registry (from
+/// [`EbpfDataPlane::collector`](crate::EbpfDataPlane::collector)).
 #[derive(Debug)]
-pub struct EbpfCollector(pub Arc<EbpfMetrics>);
+pub struct EbpfCollector {
+    pub(crate) metrics: Arc<EbpfMetrics>,
+    pub(crate) listing: Listing,
+}
+
+impl EbpfCollector {
+    /// `svcplane_proxy_connections_total` as the userspace mode has it: per Service port,
+    /// protocol and endpoint, summed over the port's frontends, for every endpoint in a
+    /// slot. A scrape reads the counters map once; when that fails the family is left out.
+    fn encode_connections(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let conns = match self.listing.connections() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the connection counters (v1_conns)");
+                return Ok(());
+            }
+        };
+        let mut sums: BTreeMap<(ServicePortKey, &'static str, SocketAddr), u64> = BTreeMap::new();
+        for (fe, owner, slots) in self.listing.frontends() {
+            for (slot, ep) in (1..=u16::MAX).zip(slots) {
+                *sums
+                    .entry((owner.clone(), fe.protocol.as_str(), ep))
+                    .or_default() += conns.get(fe, slot, ep);
+            }
+        }
+        let mut enc = encoder.encode_descriptor(
+            "svcplane_proxy_connections",
+            "Connections (UDP: connected sockets and unconnected sockets' first datagrams) \
+             the BPF programs sent to an endpoint.",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((owner, protocol, ep), n) in sums {
+            let svc = owner.service.to_string();
+            let port = owner.port.to_string();
+            let endpoint = ep.to_string();
+            let labels = [
+                ("service", svc.as_str()),
+                ("port", port.as_str()),
+                ("protocol", protocol),
+                ("endpoint", endpoint.as_str()),
+            ];
+            ConstCounter::new(n).encode(enc.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
 
 impl Collector for EbpfCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let m = &self.0;
+        self.encode_connections(&mut encoder)?;
+        let m = &self.metrics;
         let enc = encoder.encode_descriptor(
             "kubeproxy_sync_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds: diffing a snapshot and writing the BPF maps.",

@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{Backend, Env, require_root, service, wait_programmed};
+use svcplane_config::{Frontend, Protocol};
 
 fn names(lines: &[String]) -> Vec<String> {
     lines
@@ -54,6 +55,147 @@ async fn tcp_round_robin_is_exact() {
         assert_eq!(s, ["b1", "b2", "b3"], "{got:?}");
         assert_eq!(w, &got[..3], "{got:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_counters_follow_the_endpoint_of_each_slot() {
+    if !require_root() {
+        return;
+    }
+    let mut env = Env::new();
+    let _b: Vec<Backend> = (2..=5)
+        .map(|i| Backend::start(&env.ns, &format!("b{i}"), &format!("127.0.0.{i}:8080")))
+        .collect();
+    let vip = Frontend {
+        ip: "10.96.0.10".parse().unwrap(),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let ep = |i: u8| -> std::net::SocketAddr { format!("127.0.0.{i}:8080").parse().unwrap() };
+    let v = env.publish(&service("web", &["10.96.0.10"], &THREE));
+    let dp = env.start().await;
+    wait_programmed(&dp, v).await;
+    let listing = dp.listing();
+    assert!(
+        listing.connections().unwrap().is_empty(),
+        "no connection yet"
+    );
+
+    assert_eq!(env.client(&["tcp", "10.96.0.10", "80", "6"]).len(), 6);
+    let c = listing.connections().unwrap();
+    assert_eq!(
+        [
+            c.get(vip, 1, ep(2)),
+            c.get(vip, 2, ep(3)),
+            c.get(vip, 3, ep(4))
+        ],
+        [2, 2, 2]
+    );
+    assert_eq!(c.len(), 3, "only the VIP's slots were used");
+
+    // 127.0.0.3 is replaced: 127.0.0.5 takes its slot and starts from zero; the others
+    // keep their slots and counts.
+    let v = env.publish(&service(
+        "web",
+        &["10.96.0.10"],
+        &[
+            ("127.0.0.2", true),
+            ("127.0.0.5", true),
+            ("127.0.0.4", true),
+        ],
+    ));
+    wait_programmed(&dp, v).await;
+    assert_eq!(env.client(&["tcp", "10.96.0.10", "80", "3"]).len(), 3);
+    let c = listing.connections().unwrap();
+    assert_eq!(
+        [
+            c.get(vip, 1, ep(2)),
+            c.get(vip, 2, ep(5)),
+            c.get(vip, 3, ep(4))
+        ],
+        [3, 1, 3]
+    );
+    assert_eq!(
+        c.get(vip, 2, ep(3)),
+        0,
+        "the replaced endpoint's count is gone"
+    );
+
+    // A removed slot takes its counter with it.
+    let v = env.publish(&service("web", &["10.96.0.10"], &[("127.0.0.2", true)]));
+    wait_programmed(&dp, v).await;
+    let c = listing.connections().unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c.get(vip, 1, ep(2)), 3);
+
+    // Unconnected UDP counts a socket's first datagram, not every datagram.
+    let _u = Backend::start(&env.ns, "u2", "127.0.0.2:5353");
+    let lines = env.client(&["udp-sendto", "10.96.0.10", "53", "5"]);
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let dns = Frontend {
+        port: 53,
+        protocol: Protocol::Udp,
+        ..vip
+    };
+    let c = listing.connections().unwrap();
+    assert_eq!(c.get(dns, 1, "127.0.0.2:5353".parse().unwrap()), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_drops_counters_of_slots_the_maps_do_not_give_their_endpoint() {
+    if !require_root() {
+        return;
+    }
+    let mut env = Env::new();
+    let _b = Backend::start(&env.ns, "b2", "127.0.0.2:8080");
+    let v = env.publish(&service("web", &["10.96.0.10"], &[("127.0.0.2", true)]));
+    let dp = env.start().await;
+    wait_programmed(&dp, v).await;
+    assert_eq!(env.client(&["tcp", "10.96.0.10", "80", "2"]).len(), 2);
+    dp.stop().await;
+    // What a daemon killed between deleting a slot and deleting its counter leaves: a
+    // counter of slot 7 of the VIP, which has one slot. (svc_key: 10.96.0.10, port 80,
+    // TCP, IPv4, slot 7; svc_conns: 5 connections to 127.0.0.9:8080 in slot 7.)
+    let hex = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+    let mut args = vec!["map".to_string(), "update".into(), "pinned".into()];
+    args.push(
+        env.pins
+            .path
+            .join("v1_conns")
+            .to_string_lossy()
+            .into_owned(),
+    );
+    args.push("key".into());
+    args.extend(hex(
+        "0x0a 0x60 0x00 0x0a 0 0 0 0 0 0 0 0 0 0 0 0 0x00 0x50 6 4 7 0 0 0",
+    ));
+    args.push("value".into());
+    args.extend(hex(
+        "5 0 0 0 0 0 0 0 0x7f 0 0 9 0 0 0 0 0 0 0 0 0 0 0 0 0x1f 0x90 7 0 0 0 0 0",
+    ));
+    let out = std::process::Command::new("bpftool")
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = || svcplane_ebpf::read_connections(&env.pins.path).unwrap();
+    assert_eq!(read().len(), 2, "the planted counter reads as one");
+
+    let dp = env.start().await;
+    wait_programmed(&dp, v).await;
+    let c = read();
+    assert_eq!(c.len(), 1, "the planted counter is gone");
+    let vip = Frontend {
+        ip: "10.96.0.10".parse().unwrap(),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    assert_eq!(c.get(vip, 1, "127.0.0.2:8080".parse().unwrap()), 2, "kept");
+    dp.stop().await;
 }
 
 fn three_backends(env: &Env) -> Vec<Backend> {

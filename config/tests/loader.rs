@@ -7,75 +7,25 @@
     reason = "test helpers fail the test with context, like the tests themselves"
 )]
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::sync::Arc;
 
+use common::tree::{self, service, slice, write, write_atomic};
 use svcplane_config::{LoadError, Loader, ParseOptions, ReloadStats, ServiceKey, Snapshot};
 use tempfile::TempDir;
 
 // === helpers ===
-
-fn service(name: &str, ip: &str, port: u16) -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-spec:
-  clusterIP: {ip}
-  ports:
-  - port: {port}
-    targetPort: 8080
-"
-    )
-}
-
-fn slice(service: &str, ips: &[&str]) -> String {
-    let mut out = format!(
-        "apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {service}-abc
-  labels:
-    kubernetes.io/service-name: {service}
-addressType: IPv4
-ports:
-- port: 8080
-endpoints:
-"
-    );
-    for ip in ips {
-        out.push_str(&format!("- addresses: [\"{ip}\"]\n"));
-    }
-    out
-}
 
 fn key(name: &str) -> ServiceKey {
     ServiceKey::new("default", name)
 }
 
 fn tempdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("svcplane-loader-")
-        .tempdir()
-        .expect("temporary directory")
-}
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let path = root.join(rel);
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).expect("create directory");
-    }
-    fs::write(&path, text).expect("write manifest");
-}
-
-/// Replaces `rel` the way editors save: a temporary file, then `rename(2)` over it.
-fn write_atomic(root: &Path, rel: &str, text: &str) {
-    let tmp = root.join(".save.tmp");
-    fs::write(&tmp, text).expect("write temporary file");
-    fs::rename(&tmp, root.join(rel)).expect("rename over the manifest");
+    tree::tempdir("svcplane-loader-")
 }
 
 fn loader(root: &Path) -> Loader {

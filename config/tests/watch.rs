@@ -8,6 +8,8 @@
     reason = "test helpers fail the test with context, like the tests themselves"
 )]
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::tree::{self, service, slice, write, write_atomic};
 use svcplane_config::{Loader, ManifestWatcher, ParseOptions, ServiceKey, Snapshot};
 use tempfile::TempDir;
 use tokio::sync::watch;
@@ -24,65 +27,12 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 // === helpers ===
 
-fn service(name: &str, ip: &str, port: u16) -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-spec:
-  clusterIP: {ip}
-  ports:
-  - port: {port}
-    targetPort: 8080
-"
-    )
-}
-
-fn slice(service: &str, ips: &[&str]) -> String {
-    let mut out = format!(
-        "apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {service}-abc
-  labels:
-    kubernetes.io/service-name: {service}
-addressType: IPv4
-ports:
-- port: 8080
-endpoints:
-"
-    );
-    for ip in ips {
-        out.push_str(&format!("- addresses: [\"{ip}\"]\n"));
-    }
-    out
-}
-
 fn key(name: &str) -> ServiceKey {
     ServiceKey::new("default", name)
 }
 
 fn tempdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("svcplane-watch-")
-        .tempdir()
-        .expect("temporary directory")
-}
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let path = root.join(rel);
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).expect("create directory");
-    }
-    fs::write(&path, text).expect("write manifest");
-}
-
-/// Replaces `rel` the way editors save: a hidden temporary file, then `rename(2)` over it.
-fn write_atomic(root: &Path, rel: &str, text: &str) {
-    let tmp = root.join(".save.tmp");
-    fs::write(&tmp, text).expect("write temporary file");
-    fs::rename(&tmp, root.join(rel)).expect("rename over the manifest");
+    tree::tempdir("svcplane-watch-")
 }
 
 fn port_of(snap: &Snapshot, name: &str) -> Option<u16> {

@@ -16,6 +16,8 @@ use svcplane_config::{
 };
 use tempfile::TempDir;
 
+pub(crate) mod tree;
+
 /// A valid Service that sits before the object under test in a file.
 pub(crate) const GOOD_BEFORE: &str = "\
 apiVersion: v1

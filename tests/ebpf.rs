@@ -214,6 +214,10 @@ fn ebpf_mode_routes_across_a_crash_and_a_restart_until_cleanup() {
         );
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
+    assert!(
+        metrics.contains("svcplane_proxy_rejected_total{reason=\"no_endpoint\"} 0\n"),
+        "{metrics}"
+    );
 
     // A crash leaves the programs pinned: traffic still routes.
     d.kill9();

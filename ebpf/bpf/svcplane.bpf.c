@@ -37,6 +37,14 @@ struct {
 	__type(value, struct svc_conns);
 } v1_conns SEC(".maps");
 
+/* Index 0: connects and datagrams refused because their frontend had no endpoint. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} v1_refused SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, SVC_MAX_FRONTENDS);
@@ -169,6 +177,17 @@ static __always_inline void count_conn(const struct svc_frontend *fe, const stru
 		__sync_fetch_and_add(&c->connections, 1);
 }
 
+/* Refuses (EPERM) a connect or datagram to a frontend without endpoints, counting it. */
+static __always_inline int refuse(void)
+{
+	__u32 k = 0;
+	__u64 *n = bpf_map_lookup_elem(&v1_refused, &k);
+
+	if (n)
+		*n += 1;
+	return 0;
+}
+
 /* Round robin: the frontend's counter, then the slot it names. */
 static __always_inline int pick_rr(const struct svc_frontend *fe, const struct svc_value *front,
 				   struct svc_backend *out)
@@ -270,7 +289,7 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, int v6)
 	if (!front)
 		return 1;
 	if (front->count == 0)
-		return 0;
+		return refuse();
 	if (!pick(&fe, front, &b))
 		return 1;
 	count_conn(&fe, &b);
@@ -340,7 +359,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, int v6)
 	if (!front)
 		return 1;
 	if (front->count == 0)
-		return 0;
+		return refuse();
 	struct svc_sticky_key sk = {};
 	sk.cookie = bpf_get_socket_cookie(ctx);
 	sk.fe = fe;

@@ -19,7 +19,7 @@
 //! UDP keeps one endpoint per (socket, frontend) in an LRU map; UDP sockets see the frontend
 //! in `recvfrom` and `getpeername` through a reverse LRU map. ClientIP affinity is per
 //! network namespace (at socket level that is the client pod) with the Service's timeout.
-//! A frontend with no endpoint refuses connect/sendmsg with EPERM.
+//! A frontend with no endpoint refuses connect/sendmsg with EPERM, counted in `v1_refused`.
 //!
 //! Counters: each balanced connect() and each first datagram of an unconnected UDP socket
 //! adds one to the counter of the chosen (frontend, slot) in `v1_conns` (an atomic add; the
@@ -75,7 +75,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use loader::cleanup;
-pub use maps::{BpfMaps, Connections, read_connections, read_frontends};
+pub use maps::{BpfMaps, Connections, read_connections, read_frontends, read_refused};
 pub use metrics::{EbpfCollector, EbpfMetrics};
 pub use sync::{FrontendSet, FrontendState, MapOp, MapOps, NodeInfo, SyncReport, Syncer};
 
@@ -204,6 +204,11 @@ impl Listing {
     /// that took a connection have one).
     pub fn connections(&self) -> Result<Connections, aya::maps::MapError> {
         read_connections(&self.pin_root)
+    }
+
+    /// Connects and datagrams refused because their frontend had no endpoint.
+    pub fn refused(&self) -> Result<u64, aya::maps::MapError> {
+        read_refused(&self.pin_root)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Preflight, loading, attaching and pinning; adoption of pinned state; cleanup.
 //!
 //! Layout under the pin root (default `/sys/fs/bpf/svcplane/`):
-//! `v1_services`, `v1_conns`, `v1_rr`, `v1_udp_sticky`, `v1_rev`, `v1_affinity`, `v1_tcp_peer` (maps) and
+//! `v1_services`, `v1_conns`, `v1_refused`, `v1_rr`, `v1_udp_sticky`, `v1_rev`, `v1_affinity`, `v1_tcp_peer` (maps) and
 //! `links/v1_<program>` (one cgroup link per program). A start loads the programs against
 //! the pinned maps (creating them if absent), attaches them next to the links already
 //! there and renames the new link pins over the old ones: both run for a moment (the
@@ -29,9 +29,10 @@ pub(crate) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svcplane.bpf.o"));
 
 /// Map names in the object (and their pin names).
-pub(crate) const MAPS: [&str; 7] = [
+pub(crate) const MAPS: [&str; 8] = [
     "v1_services",
     "v1_conns",
+    "v1_refused",
     "v1_rr",
     "v1_udp_sticky",
     "v1_rev",

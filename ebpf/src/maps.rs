@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use aya::Pod;
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
 use svcplane_config::Frontend;
 
 use crate::abi::{self, SvcBackend, SvcConns, SvcKey, SvcValue};
@@ -97,6 +97,14 @@ pub fn read_connections(pin_root: &Path) -> Result<Connections, MapError> {
         }
     }
     Ok(Connections(out))
+}
+
+/// Connects and datagrams the programs under `pin_root` refused because their frontend had
+/// no endpoint (summed over CPUs).
+pub fn read_refused(pin_root: &Path) -> Result<u64, MapError> {
+    let data = MapData::from_pin(pin_root.join("v1_refused"))?;
+    let map: PerCpuArray<MapData, u64> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))?;
+    Ok(map.get(&0, 0)?.iter().sum())
 }
 
 /// A counter's frontend, slot (≥ 1) and endpoint; `None` for a key no daemon writes.

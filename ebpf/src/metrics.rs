@@ -1,7 +1,8 @@
 //! Metrics of the programming loop, with kube-proxy's names where the meaning is the same:
 //! how long a sync took (snapshot diff + map writes), how long after the manifest change the
-//! maps held it, and the last sync's size; and the programs' connection counters under the
-//! userspace mode's name, `svcplane_proxy_connections_total`.
+//! maps held it, and the last sync's size; and the programs' connection and refusal counters
+//! under the userspace mode's names, `svcplane_proxy_connections_total` and
+//! `svcplane_proxy_rejected_total{reason="no_endpoint"}`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -112,6 +113,18 @@ impl EbpfCollector {
 impl Collector for EbpfCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         self.encode_connections(&mut encoder)?;
+        match self.listing.refused() {
+            Ok(n) => {
+                let mut enc = encoder.encode_descriptor(
+                    "svcplane_proxy_rejected",
+                    "Connects and datagrams the BPF programs refused (EPERM), by reason.",
+                    None,
+                    MetricType::Counter,
+                )?;
+                ConstCounter::new(n).encode(enc.encode_family(&[("reason", "no_endpoint")])?)?;
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the refusal counter (v1_refused)"),
+        }
         let m = &self.metrics;
         let enc = encoder.encode_descriptor(
             "kubeproxy_sync_proxy_rules_duration_seconds",

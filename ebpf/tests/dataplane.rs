@@ -142,6 +142,31 @@ async fn connection_counters_follow_the_endpoint_of_each_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_without_endpoints_refuses_and_counts_each_refusal() {
+    if !require_root() {
+        return;
+    }
+    let mut env = Env::new();
+    let v = env.publish(&service("web", &["10.96.0.10"], &[]));
+    let dp = env.start().await;
+    wait_programmed(&dp, v).await;
+    let listing = dp.listing();
+    assert_eq!(listing.refused().unwrap(), 0);
+    let lines = env.client(&["tcp", "10.96.0.10", "80", "3"]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for l in &lines {
+        assert!(l.contains("Operation not permitted"), "{lines:?}");
+    }
+    let lines = env.client(&["udp-sendto", "10.96.0.10", "53", "2"]);
+    assert!(
+        lines.len() == 2 && lines.iter().all(|l| l.contains("Operation not permitted")),
+        "{lines:?}"
+    );
+    assert_eq!(listing.refused().unwrap(), 5);
+    assert!(listing.connections().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_drops_counters_of_slots_the_maps_do_not_give_their_endpoint() {
     if !require_root() {
         return;

@@ -235,6 +235,10 @@ pub(crate) struct RunArgs {
     /// Seconds established connections may take to finish on SIGTERM/SIGINT [default: 30].
     #[arg(long, value_name = "SECS")]
     pub(crate) drain_timeout: Option<u64>,
+    /// userspace mode: seconds between checks that the VIP routes are still there; any that
+    /// someone else removed is put back [default: 30].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub(crate) sync_period: Option<u64>,
     /// YAML file of these flags, keyed by long name (`dns-ttl: 30`, `node-ip: [a, b]`);
     /// flags given on the command line win.
     #[arg(long, value_name = "FILE")]
@@ -265,6 +269,10 @@ impl RunArgs {
             ("--node-ip", !self.node_ips.is_empty() && !routes),
             ("--cgroup", self.cgroup.is_some() && self.mode != Mode::Ebpf),
             ("--drain-timeout", self.drain_timeout.is_some() && !routes),
+            (
+                "--sync-period",
+                self.sync_period.is_some() && self.mode != Mode::Userspace,
+            ),
         ];
         given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect()
     }
@@ -350,12 +358,15 @@ mod tests {
             "20000-20010",
             "--log-format",
             "json",
+            "--sync-period",
+            "5",
         ])
         .unwrap();
         let Command::Run(run) = cli.command else {
             panic!("not run")
         };
         assert_eq!(run.node_ips.len(), 2);
+        assert_eq!(run.sync_period, Some(5));
         assert_eq!(
             run.nodeport_range,
             PortRange {
@@ -364,7 +375,10 @@ mod tests {
             }
         );
         assert_eq!(run.log_format, LogFormat::Json);
-        assert_eq!(run.inert_flags(), vec!["--node-name", "--node-ip"]);
+        assert_eq!(
+            run.inert_flags(),
+            vec!["--node-name", "--node-ip", "--sync-period"]
+        );
         let cli = Cli::try_parse_from([
             "svcplane",
             "run",
@@ -390,6 +404,7 @@ mod tests {
             vec!["--nodeport-range", "5-1"],
             vec!["--admin-listen", "nope"],
             vec!["--node-ip", "300.1.1.1"],
+            vec!["--sync-period", "0"],
         ] {
             let mut argv = vec!["svcplane", "run", "--manifests", "m"];
             argv.extend(bad.iter().copied());

@@ -128,6 +128,9 @@ pub(crate) async fn run(args: RunArgs, on_start: Option<StartHook>) -> anyhow::R
                     frontend: p.frontend,
                     backend: p.backend_addr(),
                 }),
+                resync: args
+                    .sync_period
+                    .map_or(svcplane_proxy::DEFAULT_RESYNC, Duration::from_secs),
                 ..ProxyOptions::default()
             };
             let proxy = UserspaceProxy::start(opts, plane_rx)

@@ -567,3 +567,41 @@ fn a_killed_daemons_vip_routes_are_adopted_and_removed_by_the_next() {
     let routes = vip_routes(&t);
     assert!(!routes.contains("10.96.0.30"), "{routes}");
 }
+
+#[test]
+fn vip_routes_someone_else_removes_are_put_back() {
+    if !netns::require_root() {
+        return;
+    }
+    let t = Topology::new(1);
+    let dir = tempfile::tempdir().unwrap();
+    let svc = one_port_service("web", "10.96.0.30", &t.backends[0].v4.to_string());
+    write_manifest(dir.path(), "web.yaml", &svc);
+    let d = t.daemon(dir.path(), &["--sync-period", "1"]);
+    wait_served(&t, addr("10.96.0.30", 8000));
+    // What `ip route flush proto 115` or a network manager does behind the daemon's back.
+    netns::ip(&[
+        "-n",
+        &t.node.name,
+        "route",
+        "del",
+        "local",
+        "10.96.0.30/32",
+        "dev",
+        "lo",
+        "table",
+        "local",
+        "proto",
+        "115",
+    ]);
+    assert!(!vip_routes(&t).contains("10.96.0.30"));
+    wait_until("the VIP route to come back", || {
+        vip_routes(&t).contains("local 10.96.0.30 dev lo")
+    });
+    wait_served(&t, addr("10.96.0.30", 8000));
+    let logs = d.log_text();
+    assert!(
+        logs.contains("VIP routes removed outside svcplane were put back"),
+        "{logs}"
+    );
+}

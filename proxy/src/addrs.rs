@@ -184,6 +184,46 @@ impl VipAddrs {
         errors
     }
 
+    /// Puts back what someone else removed: the routes of [`owned`](Self::owned) VIPs that
+    /// are gone, and routes for wanted VIPs that were the machine's own addresses when last
+    /// listed and no longer are. Returns the VIPs it added and the failures; one bad VIP does
+    /// not stop the others. Costs a route dump, plus an address dump when such foreign VIPs
+    /// exist.
+    pub async fn repair(&mut self) -> (Vec<IpAddr>, Vec<AddrError>) {
+        let present = match self.our_routes().await {
+            Ok(p) => p,
+            Err(e) => return (Vec::new(), vec![e]),
+        };
+        let mut missing: Vec<IpAddr> = self.owned.difference(&present).copied().collect();
+        if !self.foreign.is_empty() {
+            let addrs: BTreeSet<IpAddr> = match self.list().await {
+                Ok(list) => list.into_iter().map(|a| a.ip).collect(),
+                Err(e) => return (Vec::new(), vec![e]),
+            };
+            let gone: Vec<IpAddr> = self
+                .foreign
+                .iter()
+                .filter(|ip| !addrs.contains(ip))
+                .copied()
+                .collect();
+            for ip in gone {
+                self.foreign.remove(&ip);
+                missing.push(ip);
+            }
+        }
+        let (mut added, mut errors) = (Vec::new(), Vec::new());
+        for ip in missing {
+            match self.add(ip).await {
+                Ok(()) => {
+                    self.owned.insert(ip);
+                    added.push(ip);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        (added, errors)
+    }
+
     /// Neither added by this daemon, nor found on the machine at the last listing, nor local
     /// anyway.
     fn unaccounted(&self, ip: IpAddr) -> bool {

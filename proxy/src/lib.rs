@@ -19,7 +19,7 @@
 //!   very data path.
 //! - [`addrs`]: netlink (rtnetlink) address listing, and the VIPs made local by `local`
 //!   routes through `lo`, tagged so a later run can tell them apart from routes it must not
-//!   touch.
+//!   touch; every [`ProxyOptions::resync`] the reconciler puts back those someone removed.
 //! - `workers`: one current-thread runtime per core; every frontend gets one SO_REUSEPORT
 //!   socket and accept loop per worker, and a connection stays on its worker.
 //! - [`status`]: what `svcplane status` prints, read from the live table.
@@ -74,6 +74,8 @@ use crate::workers::Workers;
 
 /// Default idle timeout of a UDP flow.
 pub const DEFAULT_UDP_IDLE: Duration = Duration::from_secs(30);
+/// Default of [`ProxyOptions::resync`] (kube-proxy's default `--sync-period`).
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct ProxyOptions {
@@ -89,6 +91,8 @@ pub struct ProxyOptions {
     pub workers: usize,
     /// The health self-test's frontend, added to every table.
     pub probe: Option<Probe>,
+    /// How often the VIP routes are checked and any that someone else removed put back.
+    pub resync: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -100,6 +104,7 @@ impl Default for ProxyOptions {
             manage_addresses: true,
             workers: 0,
             probe: None,
+            resync: DEFAULT_RESYNC,
         }
     }
 }
@@ -181,6 +186,7 @@ impl UserspaceProxy {
             cancel: cancel.clone(),
             programmed: programmed_tx,
             workers: workers.handles().to_vec(),
+            resync: opts.resync.max(Duration::from_millis(100)),
         };
         let task = tokio::spawn(reconciler.run(snapshots));
         Ok(UserspaceProxy {
@@ -254,23 +260,56 @@ struct Reconciler {
     programmed: watch::Sender<u64>,
     /// Every frontend gets one socket (SO_REUSEPORT) and one accept loop per worker.
     workers: Vec<tokio::runtime::Handle>,
+    /// Period of [`Reconciler::repair`].
+    resync: Duration,
 }
 
 impl Reconciler {
     async fn run(mut self, mut snapshots: watch::Receiver<Arc<Snapshot>>) -> Option<VipAddrs> {
+        let mut resync =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.resync, self.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fresh = true;
         loop {
-            let snap = snapshots.borrow_and_update().clone();
-            if snap.version > 0 {
-                self.apply(&snap).await;
+            if fresh {
+                let snap = snapshots.borrow_and_update().clone();
+                if snap.version > 0 {
+                    self.apply(&snap).await;
+                }
             }
             tokio::select! {
                 () = self.cancel.cancelled() => break,
-                r = snapshots.changed() => if r.is_err() { break },
+                r = snapshots.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    fresh = true;
+                }
+                _ = resync.tick() => {
+                    fresh = false;
+                    self.repair().await;
+                }
             }
         }
         let closing: Vec<Listener> = self.listeners.drain().map(|(_, l)| l).collect();
         close(closing).await;
         self.vips
+    }
+
+    /// Puts back VIP routes that someone else removed (`ip route flush`, a network
+    /// manager), as kube-proxy's periodic sync rewrites its rules: without it such a VIP
+    /// would stay dark until a snapshot wanted a new VIP.
+    async fn repair(&mut self) {
+        let Some(vips) = &mut self.vips else {
+            return;
+        };
+        let (added, errors) = vips.repair().await;
+        if !added.is_empty() {
+            tracing::warn!(vips = ?added, "VIP routes removed outside svcplane were put back");
+        }
+        for e in errors {
+            tracing::warn!(error = %e, "VIP route not repaired");
+        }
     }
 
     async fn apply(&mut self, snap: &Snapshot) {

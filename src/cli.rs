@@ -235,8 +235,8 @@ pub(crate) struct RunArgs {
     /// Seconds established connections may take to finish on SIGTERM/SIGINT [default: 30].
     #[arg(long, value_name = "SECS")]
     pub(crate) drain_timeout: Option<u64>,
-    /// userspace mode: seconds between checks that the VIP routes are still there; any that
-    /// someone else removed is put back [default: 30].
+    /// userspace mode: seconds between repairs: VIP routes someone else removed are put
+    /// back, and frontends whose port was taken try to listen again [default: 30].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub(crate) sync_period: Option<u64>,
     /// YAML file of these flags, keyed by long name (`dns-ttl: 30`, `node-ip: [a, b]`);

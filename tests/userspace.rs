@@ -605,3 +605,27 @@ fn vip_routes_someone_else_removes_are_put_back() {
         "{logs}"
     );
 }
+
+#[test]
+fn a_frontend_whose_port_was_taken_listens_once_the_port_is_free() {
+    if !netns::require_root() {
+        return;
+    }
+    let t = Topology::new(1);
+    // Another program holds port 8000 on every address of the node.
+    let blocker = t
+        .node
+        .run(|| std::net::TcpListener::bind("0.0.0.0:8000").expect("bind the blocker"));
+    let dir = tempfile::tempdir().unwrap();
+    let svc = one_port_service("web", "10.96.0.30", &t.backends[0].v4.to_string());
+    write_manifest(dir.path(), "web.yaml", &svc);
+    let d = t.daemon(dir.path(), &["--sync-period", "1"]);
+    wait_until("the failed bind to be logged", || {
+        d.log_text().contains("cannot listen")
+    });
+    // No snapshot comes after this: only the periodic retry can open the frontend.
+    drop(blocker);
+    wait_served(&t, addr("10.96.0.30", 8000));
+    let logs = d.log_text();
+    assert!(logs.contains("listening now"), "{logs}");
+}

@@ -297,19 +297,30 @@ impl Reconciler {
     }
 
     /// Puts back VIP routes that someone else removed (`ip route flush`, a network
-    /// manager), as kube-proxy's periodic sync rewrites its rules: without it such a VIP
-    /// would stay dark until a snapshot wanted a new VIP.
+    /// manager), as kube-proxy's periodic sync rewrites its rules, and retries the frontends
+    /// whose bind failed (a port another process held): without it either would stay dark
+    /// until the next snapshot.
     async fn repair(&mut self) {
-        let Some(vips) = &mut self.vips else {
+        if let Some(vips) = &mut self.vips {
+            let (added, errors) = vips.repair().await;
+            if !added.is_empty() {
+                tracing::warn!(vips = ?added, "VIP routes removed outside svcplane were put back");
+            }
+            for e in errors {
+                tracing::warn!(error = %e, "VIP route not repaired");
+            }
+        }
+        if self.failed_binds.is_empty() {
             return;
-        };
-        let (added, errors) = vips.repair().await;
-        if !added.is_empty() {
-            tracing::warn!(vips = ?added, "VIP routes removed outside svcplane were put back");
         }
-        for e in errors {
-            tracing::warn!(error = %e, "VIP route not repaired");
+        let retry: Vec<Listen> = self.failed_binds.iter().copied().collect();
+        for listen in retry {
+            self.open(listen);
+            if self.listeners.contains_key(&listen) {
+                tracing::info!(frontend = %listen, "listening now");
+            }
         }
+        self.metrics.set_listening(self.listeners.len());
     }
 
     async fn apply(&mut self, snap: &Snapshot) {
@@ -387,7 +398,7 @@ impl Reconciler {
             Err(e) => {
                 token.cancel();
                 if self.failed_binds.insert(listen) {
-                    tracing::warn!(frontend = %listen, error = %e, "cannot listen; retried on the next change");
+                    tracing::warn!(frontend = %listen, error = %e, "cannot listen; retried on the next change and every sync period");
                 }
             }
         }

@@ -60,6 +60,11 @@ impl ProxyMetrics {
         self.frontends.store(frontends as u64, Ordering::Relaxed);
         self.listening.store(listening as u64, Ordering::Relaxed);
     }
+
+    /// Frontends with an open socket, after a retry outside a sync.
+    pub(crate) fn set_listening(&self, listening: usize) {
+        self.listening.store(listening as u64, Ordering::Relaxed);
+    }
 }
 
 /// Prometheus collector of the userspace proxy.

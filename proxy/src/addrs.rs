@@ -24,6 +24,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, Address
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use rtnetlink::sys::AsyncSocket as _;
 
 /// Protocol of the VIP routes svcplane adds ("s"); also the `IFA_PROTO` of the VIP
 /// addresses earlier versions added.
@@ -72,7 +73,16 @@ impl VipAddrs {
     /// Opens netlink, adopts the VIP routes a previous run left, and removes the VIP
     /// addresses an earlier version left on `lo`.
     pub async fn open() -> Result<Self, AddrError> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(AddrError::Socket)?;
+        let (mut conn, handle, _) = rtnetlink::new_connection().map_err(AddrError::Socket)?;
+        // Lets route dumps be filtered in the kernel (Linux 4.20+); older kernels refuse the
+        // option and send everything, which `vip_route` filters here.
+        if let Err(e) = conn
+            .socket_mut()
+            .socket_ref()
+            .set_netlink_get_strict_chk(true)
+        {
+            tracing::debug!(error = %e, "NETLINK_GET_STRICT_CHK refused: route dumps unfiltered");
+        }
         let conn = tokio::spawn(conn);
         let mut links = handle.link().get().match_name("lo").execute();
         let lo = match links.try_next().await {
@@ -116,8 +126,15 @@ impl VipAddrs {
     async fn our_routes(&self) -> Result<BTreeSet<IpAddr>, AddrError> {
         let mut ips = BTreeSet::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            // Filters the kernel applies itself when the socket has NETLINK_GET_STRICT_CHK
+            // (see `open`): only our local routes through lo cross to userspace, not a node's
+            // whole routing table. Without it they are ignored and `vip_route` filters.
             let mut dump = RouteMessage::default();
             dump.header.address_family = family;
+            dump.header.table = TABLE_LOCAL;
+            dump.header.protocol = RouteProtocol::from(ADDR_PROTO);
+            dump.header.kind = RouteType::Local;
+            dump.attributes.push(RouteAttribute::Oif(self.lo));
             let msgs: Vec<RouteMessage> = self
                 .handle
                 .route()
